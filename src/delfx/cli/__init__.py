@@ -1,0 +1,90 @@
+"""The ``delfx`` command: one subcommand per stage.
+
+Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` to a handler ``(args) -> int``. Handlers only translate flags into a stage's ``main``
+call. Errors from the library (:class:`~delfx.errors.DelfxError`) are printed as one line on
+stderr with exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from delfx import __version__
+from delfx.errors import DelfxError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand registered."""
+    from delfx.cli import data, demo, evaluate
+
+    parser = argparse.ArgumentParser(
+        prog="delfx",
+        description="Landmark image retrieval: datasets, features, indexes and evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"delfx {__version__}")
+    _add_common(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    data.register(sub)
+    evaluate.register(sub)
+    demo.register(sub)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    kw = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logs", **kw
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors", **kw)
+
+
+def add_subcommand(
+    subparsers: argparse._SubParsersAction, name: str, help_text: str
+) -> argparse.ArgumentParser:
+    """Add a subcommand parser that also accepts ``--debug`` and ``--quiet`` after its name."""
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    _add_common(parser, defaults=False)
+    return parser
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    root = logging.getLogger("delfx")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.debug, args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DelfxError as exc:
+        if args.debug:
+            raise
+        print(f"delfx: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("delfx: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the commands that write a dataset: ``--out``, ``--name``, ``--overwrite``."""
+    parser.add_argument("--out", required=True, metavar="ROOT", help="datasets root to write into")
+    parser.add_argument("--name", required=True, help="dataset name (folder and gnd file name)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset of that name"
+    )

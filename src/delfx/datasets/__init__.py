@@ -1,0 +1,1 @@
+"""Datasets in the revisited Oxford/Paris layout, their ground truth and their catalogue."""

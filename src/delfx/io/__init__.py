@@ -1,0 +1,1 @@
+"""File-level input and output: images, atomic writes, HTTP and archives."""
