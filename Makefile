@@ -22,6 +22,8 @@ demo: $(VENV)/.installed-core
 	$(BIN)/delfx demo
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev

@@ -36,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     kw = {} if defaults else {"default": argparse.SUPPRESS}
-    parser.add_argument(
-        "--debug", action="store_true", help="show tracebacks and debug logs", **kw
-    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs", **kw)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors", **kw)
 
 

@@ -52,9 +52,7 @@ def _index_array(value: Any, field: str, n_db: int, where: str) -> np.ndarray:
     idx = arr.astype(np.int64)
     bad = idx[(idx < 0) | (idx >= n_db)]
     if bad.size:
-        raise InputError(
-            f"{where}: field '{field}' index {int(bad[0])} out of range [0, {n_db})"
-        )
+        raise InputError(f"{where}: field '{field}' index {int(bad[0])} out of range [0, {n_db})")
     uniq, counts = np.unique(idx, return_counts=True)
     if np.any(counts > 1):
         raise InputError(f"{where}: field '{field}' repeats index {int(uniq[counts > 1][0])}")
@@ -100,7 +98,8 @@ def parse_gnd(raw: Any, source: str) -> tuple[list[str], list[str], list[QueryTr
         if not any(k in entry for k in ("easy", "hard", "ok")):
             raise InputError(f"{where}: needs 'easy'/'hard'/'junk' or 'ok'/'junk' lists")
         lists = {
-            k: _index_array(entry.get(k, ()), k, n_db, where) for k in ("easy", "hard", "junk", "ok")
+            k: _index_array(entry.get(k, ()), k, n_db, where)
+            for k in ("easy", "hard", "junk", "ok")
         }
         for a, b in (("easy", "hard"), ("easy", "junk"), ("hard", "junk"), ("ok", "junk")):
             common = np.intersect1d(lists[a], lists[b])

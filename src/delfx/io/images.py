@@ -63,11 +63,12 @@ def has_image_suffix(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def list_photos(folder: str | os.PathLike[str]) -> list[Path]:
+def list_photos(folder: str | os.PathLike[str], ignore: Sequence[str] = ()) -> list[Path]:
     """List the photos in a folder, sorted by name; hidden files are ignored.
 
     Every other regular file must carry an image suffix: anything else is an error, so a stray
-    file is noticed rather than silently skipped. Sub-folders are ignored.
+    file is noticed rather than silently skipped. Sub-folders, and files named in ``ignore``
+    (such as a ``labels.json``), are skipped.
 
     Raises:
         InputError: the folder is missing, or holds a file that is not an image.
@@ -77,10 +78,12 @@ def list_photos(folder: str | os.PathLike[str]) -> list[Path]:
         raise InputError(f"{folder}: not a folder")
     photos = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith(".") or not entry.is_file() or entry.name in ignore:
             continue
         if not has_image_suffix(entry):
-            raise InputError(f"{entry}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+            raise InputError(
+                f"{entry}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})"
+            )
         photos.append(entry)
     return photos
 

@@ -1,0 +1,135 @@
+"""Stage: the demo benchmark, built from the sample photos shipped inside the package.
+
+It builds two small datasets from ``delfx/samples`` (see its ``ATTRIBUTION.md``):
+
+- ``demo-groups``: real views of the same places (one query per place) plus distractors;
+- ``demo-synth``: synthetic views of one photo per place (``delfx data synth``), with easy,
+  hard and junk labels.
+
+It then ranks both with the best method that has landed and writes one results JSON per
+dataset and method, plus ``summary.json``. Until the retrieval pipelines land, the methods are
+the training-free baselines of :mod:`delfx.baselines.tiny`, and a chance ranking for scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from delfx import build_groups, synth
+from delfx.baselines.tiny import DESCRIPTORS, rank_by_similarity
+from delfx.datasets.revisited import RetrievalDataset
+from delfx.evaluate import score, write_results
+from delfx.io import atomic
+
+logger = logging.getLogger(__name__)
+
+#: Methods the demo runs, best first. Baselines are labelled as such.
+METHODS = ("baseline:tiny-image", "baseline:colour-histogram", "chance")
+
+
+def samples_dir() -> Path:
+    """The folder of shipped sample photos (``groups/<place>/*.jpg``, ``distractors/``)."""
+    return Path(str(resources.files("delfx").joinpath("samples")))
+
+
+def _describe(
+    ds: RetrievalDataset, fn: Callable[[np.ndarray], np.ndarray], progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    db = [
+        fn(ds.load_image(i))
+        for i in tqdm(
+            range(len(ds.images)),
+            desc=f"{ds.name} db",
+            unit="img",
+            disable=None if progress else True,
+            leave=False,
+        )
+    ]
+    qs = [fn(ds.load_query(q)) for q in range(len(ds.queries))]
+    return np.stack(db), np.stack(qs)
+
+
+def _rank(ds: RetrievalDataset, method: str, seed: int, progress: bool) -> np.ndarray:
+    if method == "chance":
+        rng = np.random.default_rng(seed)
+        return np.stack([rng.permutation(len(ds.images)) for _ in ds.queries])
+    fn = DESCRIPTORS[method.split(":", 1)[1]]
+    db, qs = _describe(ds, fn, progress)
+    return rank_by_similarity(db, qs)
+
+
+def build_datasets(root: Path, *, seed: int = 0, progress: bool = True) -> list[str]:
+    """Build ``demo-groups`` and ``demo-synth`` under ``root``; returns their names."""
+    samples = samples_dir()
+    groups, distractors = samples / "groups", samples / "distractors"
+    gconf = build_groups.GroupsConfig(progress=progress)
+    build_groups.main(
+        gconf, groups, root, "demo-groups", distractors_dir=distractors, overwrite=True
+    )
+    with tempfile.TemporaryDirectory(prefix="delfx-demo-photos-") as tmp:
+        # one photo per place: the first view of each group
+        for place in sorted(p for p in groups.iterdir() if p.is_dir()):
+            first = sorted(place.glob("*.jpg"))[0]
+            shutil.copyfile(first, Path(tmp) / f"{place.name}.jpg")
+        sconf = synth.PRESETS["small"]
+        synth.main(
+            sconf,
+            Path(tmp),
+            root,
+            "demo-synth",
+            seed=seed,
+            distractors_dir=distractors,
+            overwrite=True,
+        )
+    return ["demo-groups", "demo-synth"]
+
+
+def main(work_dir: str | os.PathLike[str], *, seed: int = 0, progress: bool = True) -> Path:
+    """Build the demo datasets in ``work_dir``, evaluate every method, write ``summary.json``.
+
+    Returns:
+        The path of ``summary.json``: ``{"results": [results JSON objects]}``.
+    """
+    work = Path(work_dir)
+    root = work / "datasets"
+    t0 = time.perf_counter()
+    names = build_datasets(root, seed=seed, progress=progress)
+    build_time = time.perf_counter() - t0
+    summary: list[dict[str, Any]] = []
+    for name in names:
+        ds = RetrievalDataset(root, name)
+        for method in METHODS:
+            t1 = time.perf_counter()
+            ranks = _rank(ds, method, seed, progress)
+            t2 = time.perf_counter()
+            scores = score(ds, list(ranks))
+            out = write_results(
+                work / "results" / f"{name}-{method.replace(':', '-')}.json",
+                ds,
+                method,
+                scores,
+                {
+                    "build_datasets": build_time,
+                    "describe_and_rank": t2 - t1,
+                    "evaluate": time.perf_counter() - t2,
+                },
+            )
+            summary.append({"file": str(out), **_load(out)})
+    return atomic.write_json(work / "summary.json", {"results": summary})
+
+
+def _load(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text())

@@ -1,0 +1,96 @@
+"""Rankings files: ``.npy`` matrices and plain-text ranked lists.
+
+Text format: one line per query, in query order, holding whitespace-separated database indices
+or image names, best first. A line may start with ``<query name>:``; when every line does, lines
+are matched to queries by name, in any order. Blank lines and lines starting with ``#`` are
+ignored.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from delfx.errors import InputError
+from delfx.evaluation.rankings import check_lists, split_matrix
+from delfx.io import atomic
+
+
+def load_rankings(
+    path: str | os.PathLike[str],
+    images: Sequence[str],
+    queries: Sequence[str],
+    *,
+    layout: str = "auto",
+) -> list[np.ndarray]:
+    """Read a rankings file into one index array per query.
+
+    Args:
+        path: ``.npy`` (``n_db x n_q`` or ``n_q x k``) or a text file.
+        images: database image names (``imlist``).
+        queries: query names (``qimlist``).
+        layout: for ``.npy``: ``auto``, ``db-by-query`` or ``query-by-k``.
+
+    Returns:
+        ``len(queries)`` ``int64`` arrays of database indices, best first.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: rankings file not found")
+    if path.suffix == ".npy":
+        try:
+            mat = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+        return split_matrix(mat, len(images), len(queries), str(path), layout)
+    return _parse_text(path, images, queries)
+
+
+def _parse_text(path: Path, images: Sequence[str], queries: Sequence[str]) -> list[np.ndarray]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text or .npy rankings file") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    name_to_idx = {n: i for i, n in enumerate(images)}
+    named = bool(lines) and all(":" in ln.split()[0] for ln in lines)
+    lists: list[np.ndarray | None] = [None] * len(queries)
+    if named:
+        q_index = {n: i for i, n in enumerate(queries)}
+        for number, ln in enumerate(lines, 1):
+            qname, _, rest = ln.partition(":")
+            if qname.strip() not in q_index:
+                raise InputError(f"{path}:{number}: unknown query '{qname.strip()}'")
+            lists[q_index[qname.strip()]] = _tokens(rest.split(), name_to_idx, path, number)
+        missing = [queries[q] for q, lst in enumerate(lists) if lst is None]
+        if missing:
+            raise InputError(f"{path}: no ranked list for query '{missing[0]}'")
+    else:
+        if len(lines) != len(queries):
+            raise InputError(f"{path}: {len(lines)} ranked lists for {len(queries)} queries")
+        lists = [_tokens(ln.split(), name_to_idx, path, n) for n, ln in enumerate(lines, 1)]
+    return check_lists(lists, len(images), str(path))  # type: ignore[arg-type]
+
+
+def _tokens(tokens: list[str], name_to_idx: dict[str, int], path: Path, number: int) -> np.ndarray:
+    out = np.empty(len(tokens), dtype=np.int64)
+    for i, tok in enumerate(tokens):
+        if tok.lstrip("-").isdigit():
+            out[i] = int(tok)
+        elif tok in name_to_idx:
+            out[i] = name_to_idx[tok]
+        else:
+            raise InputError(f"{path}:{number}: unknown database image '{tok}'")
+    return out
+
+
+def save_rankings(path: str | os.PathLike[str], ranks: np.ndarray) -> Path:
+    """Save an ``n_q x k`` integer rank matrix as ``.npy``, atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(ranks, dtype=np.int64), allow_pickle=False)
+    return atomic.write_bytes(path, buf.getvalue())
