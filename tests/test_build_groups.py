@@ -141,3 +141,16 @@ def test_existing_dataset_needs_overwrite(tmp_path, capsys):
     after = sorted(p.name for p in (tmp_path / "o" / "x" / "jpg").iterdir())
     assert len(after) == len(before) - 3
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x"]
+
+
+def test_data_list_shows_built_datasets(tmp_path, capsys):
+    g = _groups(tmp_path)
+    assert (
+        cli_main(["data", "build-groups", str(g), "--out", str(tmp_path / "o"), "--name", "x"]) == 0
+    )
+    capsys.readouterr()
+    assert cli_main(["data", "list", "--root", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("x "))
+    assert "built" in row and " 9 " in row
+    assert "roxford5k" in out and "absent" in out

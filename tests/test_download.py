@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from delfx import download
+from delfx import download, inventory
 from delfx.datasets.catalog import CATALOG, dataset_names
 from delfx.datasets.revisited import RetrievalDataset
 from delfx.errors import DelfxError
@@ -289,7 +289,7 @@ def test_retrieval_sfm_keeps_cid_tree(server, tmp_path):
     assert (folder / "ims" / "ab" / "cd" / "ef" / cid).read_bytes() == b"img"
     assert (folder / "retrieval-SfM-120k.pkl").read_bytes() == db
     assert (folder / "retrieval-SfM-120k-whiten.pkl").exists()
-    row = {r["name"]: r for r in download.list_datasets(root)}["retrieval-SfM-120k"]
+    row = {r["name"]: r for r in inventory.list_datasets(root)}["retrieval-SfM-120k"]
     assert row["status"] == "complete" and row["images"] == 1 and row["gnd"] is None
 
 
@@ -343,7 +343,7 @@ def test_unknown_name_and_part(tmp_path):
 def test_list_datasets(server, tmp_path):
     root = run(server, tmp_path, "roxford5k")
     run(server, root, "rparis6k", only=["gnd"])
-    rows = {r["name"]: r for r in download.list_datasets(root)}
+    rows = {r["name"]: r for r in inventory.list_datasets(root)}
     assert list(rows) == dataset_names() == list(CATALOG)
     assert rows["roxford5k"]["status"] == "complete"
     assert rows["roxford5k"]["images"] == 3 and rows["roxford5k"]["gnd"] is True

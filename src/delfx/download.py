@@ -25,13 +25,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from delfx.datasets.catalog import CATALOG, PARTS, DatasetSpec, Resource, get_spec
+from delfx.datasets.catalog import PARTS, DatasetSpec, Resource, get_spec
 from delfx.errors import DelfxError
+from delfx.inventory import MARKER_NAME, count_files, disk_usage
 from delfx.io import atomic
 from delfx.io.archives import extract
 from delfx.io.http import fetch
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 MIRROR_ENV = "DELFX_DATA_MIRROR"
 DOWNLOADS_DIR = ".downloads"
 MANIFEST_NAME = "manifest.json"
-MARKER_NAME = ".delfx-complete.json"
 
 
 def apply_mirror(url: str, mirror: str | None) -> str:
@@ -374,67 +374,3 @@ def _install_dataset(spec: DatasetSpec, stage: _Stage, parts: set[str] | None) -
     else:
         done = ", ".join(sorted({r.part for r in wanted}))
         logger.info("%s: fetched %s; other parts still missing", spec.name, done)
-
-
-def _file_entries(folder: str | os.PathLike[str]) -> Iterator[os.DirEntry[str]]:
-    """Non-folder entries under ``folder``, recursively; only a symlinked top folder is followed."""
-    stack = [os.fspath(folder)]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        yield entry
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-
-
-def count_files(folder: str | os.PathLike[str]) -> int:
-    """Number of files under ``folder``, from directory entry types (no stat per file)."""
-    return sum(1 for entry in _file_entries(folder) if entry.is_file())
-
-
-def disk_usage(folder: str | os.PathLike[str]) -> int:
-    """Total size in bytes of the files under ``folder``, not following symlinks inside it."""
-    return sum(entry.stat(follow_symlinks=False).st_size for entry in _file_entries(folder))
-
-
-def list_datasets(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """What each catalogue dataset looks like under ``root``.
-
-    Returns:
-        One dict per catalogue name with ``name``, ``description``, ``status`` (``complete``,
-        ``partial`` or ``absent``), ``images`` (files in the image folder, or in its staging
-        folder while partial), ``gnd`` (bool, or None for sets without ground truth),
-        ``size_bytes`` (from the completion marker when complete) and ``path``.
-    """
-    root = Path(root)
-    rows = []
-    for spec in CATALOG.values():
-        folder = root / spec.name
-        marker_path = folder / MARKER_NAME
-        marker = _load_json(marker_path) if marker_path.exists() else None
-        if marker is not None:
-            status = "complete"
-        elif folder.is_dir() and any(folder.iterdir()):
-            status = "partial"
-        else:
-            status = "absent"
-        images = folder / spec.image_dir
-        if not images.is_dir():
-            images = folder / f".{spec.image_dir}.partial"
-        size = marker.get("size_bytes") if isinstance(marker, dict) else None
-        rows.append(
-            {
-                "name": spec.name,
-                "description": spec.description,
-                "status": status,
-                "images": count_files(images) if status != "absent" else 0,
-                "gnd": (folder / spec.gnd_file).is_file() if spec.gnd_file else None,
-                "size_bytes": size if isinstance(size, int) else disk_usage(folder),
-                "path": str(folder),
-            }
-        )
-    return rows

@@ -68,9 +68,9 @@ def _human(size: int) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from delfx import download
+    from delfx import inventory
 
-    rows = download.list_datasets(args.root)
+    rows = inventory.list_datasets(args.root)
     header = ("NAME", "STATUS", "IMAGES", "GND", "SIZE")
     table = [header]
     for row in rows:

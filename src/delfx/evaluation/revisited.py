@@ -28,10 +28,17 @@ def junk_free_ranks(ranked: np.ndarray, positives: np.ndarray, junk: np.ndarray)
         ``(m,)`` increasing ``int64`` ranks, ``m <= p`` (positives missing from ``ranked`` are
         not in the result).
     """
-    ranked = np.asarray(ranked).reshape(-1)
-    pos_at = np.flatnonzero(np.isin(ranked, positives))
-    junk_at = np.flatnonzero(np.isin(ranked, junk))
-    # junk entries strictly before each positive
+    ranked = np.asarray(ranked, dtype=np.int64).reshape(-1)
+    positives = np.asarray(positives, dtype=np.int64).reshape(-1)
+    junk = np.asarray(junk, dtype=np.int64).reshape(-1)
+    # membership through lookup tables: O(n) per list instead of sorting it
+    size = 1 + max(int(a.max()) if a.size else -1 for a in (ranked, positives, junk))
+    is_pos = np.zeros(size, dtype=bool)
+    is_junk = np.zeros(size, dtype=bool)
+    is_pos[positives] = True
+    is_junk[junk] = True
+    pos_at = np.flatnonzero(is_pos[ranked])
+    junk_at = np.flatnonzero(is_junk[ranked])
     return pos_at - np.searchsorted(junk_at, pos_at, side="left")
 
 
