@@ -1,0 +1,1 @@
+"""Local features: the common record type and the extractors that produce it."""
