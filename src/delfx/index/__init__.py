@@ -1,0 +1,1 @@
+"""Indexes over local descriptors: codebooks, vocabulary tree, inverted files, HE and ASMK."""
