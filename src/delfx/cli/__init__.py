@@ -19,7 +19,7 @@ from delfx.errors import DelfxError
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
-    from delfx.cli import data, demo, evaluate
+    from delfx.cli import data, demo, evaluate, extract, index, run
 
     parser = argparse.ArgumentParser(
         prog="delfx",
@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.register(sub)
     evaluate.register(sub)
     demo.register(sub)
+    extract.register(sub)
+    index.register(sub)
+    run.register(sub)
     return parser
 
 

@@ -229,3 +229,29 @@ def protocol_sets(
             raise InputError(f"protocol '{protocol}': expected easy, medium, hard or old")
         out.append((pair[0].astype(np.int64), pair[1].astype(np.int64)))
     return out
+
+
+def unrelated_images(dataset: RetrievalDataset) -> list[int]:
+    """Database images that no query relates to: in no query's easy, hard, junk or ok list.
+
+    They are the dataset's distractors. Training a codebook on them keeps every query's
+    positives (and near-positives) out of training, so the vocabulary is never fitted to the
+    landmarks being searched for.
+
+    Returns:
+        Sorted database indices.
+    """
+    related = np.zeros(len(dataset.images), dtype=bool)
+    for t in dataset.truth:
+        for arr in (t.easy, t.hard, t.junk, t.ok):
+            related[arr] = True
+    return np.flatnonzero(~related).tolist()
+
+
+#: Datasets whose codebook is conventionally trained on the other one.
+COMPANIONS = {
+    "roxford5k": "rparis6k",
+    "rparis6k": "roxford5k",
+    "oxford5k": "paris6k",
+    "paris6k": "oxford5k",
+}

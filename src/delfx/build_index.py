@@ -1,0 +1,215 @@
+"""Stage: train a local-descriptor index, add images from a feature store, save it; append later.
+
+The index folder (:mod:`delfx.index.storage`) holds the trained model and one segment per batch
+of added images. A build or an append commits its manifest last, so a killed run leaves the
+previous index intact, and readers can search while images are appended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from delfx.errors import InputError
+from delfx.index import local
+from delfx.index.local import IndexConfig, LocalIndex
+from delfx.index.storage import IndexDir
+from delfx.io.featurestore import FeatureReader
+
+logger = logging.getLogger(__name__)
+
+PRESETS = local.PRESETS
+
+
+def _load_batch(
+    reader: FeatureReader, names: Sequence[str], dim: int, allow_empty: bool
+) -> list[np.ndarray]:
+    out = []
+    for name in names:
+        desc = reader.descriptors(name)
+        if desc.shape[0] == 0:
+            if not allow_empty:
+                raise InputError(
+                    f"{reader.path}: image '{name}' has no features (pass --allow-empty to index "
+                    "it as an image that never matches)"
+                )
+            logger.warning("%s: no features; indexed as an image that never matches", name)
+            desc = np.zeros((0, dim), np.float32)
+        elif desc.shape[1] != dim:
+            raise InputError(
+                f"{reader.path}: image '{name}' has {desc.shape[1]}-d descriptors; "
+                f"the index expects {dim}-d"
+            )
+        out.append(desc)
+    return out
+
+
+def _add_all(
+    index: LocalIndex,
+    store: IndexDir,
+    reader: FeatureReader,
+    names: Sequence[str],
+    *,
+    batch_images: int,
+    allow_empty: bool,
+    progress: bool,
+) -> tuple[LocalIndex, list[str]]:
+    """Add ``names`` in batches, writing one segment file per batch; returns the file names."""
+    dim = local.dim_of(index)
+    files = []
+    bar = tqdm(
+        total=len(names),
+        desc="indexing",
+        unit="img",
+        leave=False,
+        disable=None if progress else True,
+    )
+    for start in range(0, len(names), batch_images):
+        batch = list(names[start : start + batch_images])
+        first = index.n_images
+        index = index.add(_load_batch(reader, batch, dim, allow_empty))
+        files.append(store.write_segment(local.segments_of(index)[-1], batch, first))
+        bar.update(len(batch))
+    bar.close()
+    return index, files
+
+
+def build(
+    conf: IndexConfig,
+    features: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    train_descriptors: np.ndarray,
+    train_source: str,
+    names: Sequence[str] | None = None,
+    batch_images: int = 2000,
+    allow_empty: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train an index on ``train_descriptors`` and add the images of a feature store.
+
+    Args:
+        conf: index settings.
+        features: the feature store (``.h5``) of the images to index.
+        out_dir: the index folder to write.
+        train_descriptors: ``N x D`` float32 descriptors to train the codebook on.
+        train_source: where they come from (recorded in the manifest).
+        names: store names to index, in id order (default: every ``db/`` entry).
+        batch_images: images per segment.
+        allow_empty: index images without features (they never match) instead of failing.
+        overwrite: replace an existing index.
+        progress: progress bar.
+
+    Returns:
+        The index folder.
+    """
+    store = IndexDir(out_dir)
+    if store.exists() and not overwrite:
+        raise InputError(f"{store.path}: an index exists (pass --overwrite to rebuild it)")
+    timings: dict[str, float] = {}
+    with FeatureReader(features) as reader, store.writing():
+        names = list(reader.names("db/") if names is None else names)
+        if not names:
+            raise InputError(f"{reader.path}: no images to index")
+        t = time.perf_counter()
+        index = local.train(conf, train_descriptors)
+        timings["train"] = time.perf_counter() - t
+        meta, arrays = local.state_of(index)
+        model = store.write_model(arrays)
+        t = time.perf_counter()
+        index, files = _add_all(
+            index,
+            store,
+            reader,
+            names,
+            batch_images=batch_images,
+            allow_empty=allow_empty,
+            progress=progress,
+        )
+        timings["add"] = time.perf_counter() - t
+        manifest: dict[str, Any] = {
+            "kind": conf.kind,
+            "config": asdict(conf),
+            "meta": meta,
+            "model": model,
+            "segments": files,
+            "n_images": index.n_images,
+            "train_source": train_source,
+            "n_train_descriptors": int(train_descriptors.shape[0]),
+            "features": str(features),
+            "timings": timings,
+        }
+        store.commit(manifest)
+        if overwrite:
+            for path in store.garbage():
+                path.unlink(missing_ok=True)
+    logger.info("index %s: %d images, trained on %s", store.path, index.n_images, train_source)
+    return store.path
+
+
+def append(
+    index_dir: str | os.PathLike[str],
+    features: str | os.PathLike[str],
+    names: Sequence[str] | None = None,
+    *,
+    batch_images: int = 2000,
+    allow_empty: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Add images to an existing index without rebuilding it (new segments, new manifest).
+
+    Images already in the index (by name) are refused.
+    """
+    store = IndexDir(index_dir)
+    with FeatureReader(features) as reader, store.writing():
+        index, present, manifest = load(store.path)
+        names = list(reader.names("db/") if names is None else names)
+        dup = set(names) & set(present)
+        if dup:
+            raise InputError(f"{store.path}: image '{sorted(dup)[0]}' is already indexed")
+        index, files = _add_all(
+            index,
+            store,
+            reader,
+            names,
+            batch_images=batch_images,
+            allow_empty=allow_empty,
+            progress=progress,
+        )
+        meta, _ = local.state_of(index)
+        store.commit(
+            {
+                **manifest,
+                "meta": meta,
+                "segments": manifest["segments"] + files,
+                "n_images": index.n_images,
+            }
+        )
+    return store.path
+
+
+def load(index_dir: str | os.PathLike[str]) -> tuple[LocalIndex, list[str], dict[str, Any]]:
+    """Open a saved index.
+
+    Returns:
+        ``(index, image names in id order, manifest)``.
+    """
+    store = IndexDir(index_dir)
+    manifest = store.manifest()
+    arrays = store.read_model(manifest["model"])
+    segments, names = [], [""] * int(manifest["n_images"])
+    for fname in manifest["segments"]:
+        seg, seg_names, first = store.read_segment(fname)
+        segments.append(seg)
+        names[first : first + len(seg_names)] = seg_names
+    index = local.restore(manifest["meta"], arrays, segments, int(manifest["n_images"]))
+    return index, names, manifest

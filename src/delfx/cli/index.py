@@ -1,0 +1,116 @@
+"""``delfx index build|add``, ``delfx search`` and ``delfx rerank``: the stages one by one."""
+
+from __future__ import annotations
+
+import argparse
+
+from delfx import build_index, rerank, search
+from delfx.cli import add_subcommand
+from delfx.index.local import KINDS, PRESETS, IndexConfig
+from delfx.io.featurestore import FeatureReader, load_descriptors
+from delfx.verify.ransac import RansacConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``index``, ``search`` and ``rerank``."""
+    parser = add_subcommand(subparsers, "index", "build an index or add images to one")
+    sub = parser.add_subparsers(dest="index_command", metavar="INDEX_COMMAND")
+    b = add_subcommand(sub, "build", "train a codebook and index a feature store's db images")
+    b.add_argument("--features", required=True, metavar="F.h5", help="features to index")
+    b.add_argument(
+        "--codebook-from",
+        required=True,
+        metavar="F.h5",
+        help="features of independent images to train on (may be --features itself)",
+    )
+    b.add_argument("--out", required=True, metavar="DIR", help="index folder")
+    b.add_argument("--kind", choices=KINDS, default="asmk")
+    b.add_argument("--tree-branch", type=int, default=10)
+    b.add_argument("--tree-height", type=int, default=6)
+    b.add_argument("--codebook-size", type=int, default=16384)
+    b.add_argument("--multiple-assignment", type=int, default=None, help="query-side words")
+    b.add_argument("--allow-empty", action="store_true", help="index images without features")
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(func=_build)
+    a = add_subcommand(sub, "add", "add the db images of a feature store to an index")
+    a.add_argument("--index", required=True, metavar="DIR")
+    a.add_argument("--features", required=True, metavar="F.h5")
+    a.add_argument("--allow-empty", action="store_true")
+    a.set_defaults(func=_add)
+
+    s = add_subcommand(subparsers, "search", "rank an index's images for each query")
+    s.add_argument("--index", required=True, metavar="DIR")
+    s.add_argument("--features", required=True, metavar="F.h5", help="holds query/... entries")
+    s.add_argument("--output", required=True, metavar="R.npz", help="ranks, scores, queries")
+    s.add_argument("--top-k", type=int, default=None, help="results per query (default: all)")
+    s.set_defaults(func=_search)
+
+    r = add_subcommand(subparsers, "rerank", "spatially verify the top of each ranked list")
+    r.add_argument("--index", required=True, metavar="DIR")
+    r.add_argument("--features", required=True, metavar="F.h5")
+    r.add_argument("--ranks", required=True, metavar="R.npz", help="output of delfx search")
+    r.add_argument("--output", required=True, metavar="R2.npz")
+    r.add_argument("--rerank-num", type=int, default=100)
+    r.add_argument("--matches", choices=rerank.MATCHES, default="ratio")
+    r.add_argument("--model", choices=("homography", "fundamental", "affine"), default="homography")
+    r.add_argument("--threshold", type=float, default=4.0, help="inlier threshold in pixels")
+    r.add_argument("--drop-junk", action="store_true", help="needs --root and --dataset")
+    r.add_argument("--root")
+    r.add_argument("--dataset")
+    r.set_defaults(func=_rerank)
+
+
+def _build(args: argparse.Namespace) -> int:
+    base = PRESETS[args.kind]
+    conf = IndexConfig(
+        kind=args.kind,
+        branch=args.tree_branch,
+        height=args.tree_height,
+        n_words=args.codebook_size,
+        ma=args.multiple_assignment or base.ma,
+    )
+    with FeatureReader(args.codebook_from) as reader:
+        train, _ = load_descriptors(reader, reader.names("db/"), conf.train_per_image, conf.seed)
+    out = build_index.build(
+        conf,
+        args.features,
+        args.out,
+        train_descriptors=train,
+        train_source=f"features {args.codebook_from}",
+        allow_empty=args.allow_empty,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    out = build_index.append(args.index, args.features, allow_empty=args.allow_empty)
+    print(f"updated {out}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    out = search.main(args.index, args.features, args.output, top_k=args.top_k)
+    print(f"wrote {out}")
+    return 0
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    conf = rerank.RerankConfig(
+        rerank_num=args.rerank_num,
+        matches=args.matches,
+        drop_junk=args.drop_junk,
+        ransac=RansacConfig(args.model, threshold=args.threshold),
+    )
+    out = rerank.main(
+        conf,
+        args.ranks,
+        args.index,
+        args.features,
+        args.output,
+        root=args.root,
+        dataset=args.dataset,
+    )
+    print(f"wrote {out}")
+    return 0

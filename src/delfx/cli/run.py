@@ -1,0 +1,80 @@
+"""``delfx run PIPELINE``: one experiment from features to results, with cached stages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from delfx import run
+from delfx.cli import add_subcommand
+from delfx.evaluation.report import format_lines
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``run`` subcommand."""
+    parser = add_subcommand(
+        subparsers, "run", "run a named pipeline: extract, index, search, verify, evaluate"
+    )
+    parser.add_argument(
+        "pipeline",
+        choices=sorted(run.PIPELINES),
+        metavar="PIPELINE",
+        help=f"one of: {', '.join(run.PIPELINES)}",
+    )
+    parser.add_argument("--root", required=True, help="datasets root")
+    parser.add_argument("--dataset", required=True, help="dataset name")
+    parser.add_argument("--work", required=True, metavar="DIR", help="cache of stage outputs")
+    parser.add_argument("--output", required=True, metavar="JSON", help="results JSON to write")
+    parser.add_argument(
+        "--rerank-num",
+        type=int,
+        default=None,
+        help="spatially verify this many candidates per query (default: none)",
+    )
+    parser.add_argument(
+        "--codebook-from",
+        metavar="ROOT:NAME|FILE.h5|database",
+        help="images to train the codebook on (default: independent images)",
+    )
+    parser.add_argument(
+        "--drop-junk",
+        action="store_true",
+        help="drop the ground truth's junk images before choosing what to verify",
+    )
+    parser.add_argument("--tree-branch", type=int, help="vocabulary tree branching factor")
+    parser.add_argument("--tree-height", type=int, help="vocabulary tree height")
+    parser.add_argument("--codebook-size", type=int, help="flat codebook words (HE, ASMK)")
+    parser.add_argument("--workers", type=int, help="extraction processes, verification threads")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {
+        k: v
+        for k, v in (
+            ("branch", args.tree_branch),
+            ("height", args.tree_height),
+            ("n_words", args.codebook_size),
+        )
+        if v is not None
+    }
+    out = run.main(
+        args.pipeline,
+        args.root,
+        args.dataset,
+        args.work,
+        args.output,
+        rerank_num=args.rerank_num,
+        codebook_from=args.codebook_from,
+        drop_junk=args.drop_junk,
+        index_overrides=overrides or None,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    results = json.loads(out.read_text())
+    for line in format_lines(results):
+        print(line)
+    timings = ", ".join(f"{k} {v:.2f}" for k, v in results["timings"].items())
+    print(f">> timings (s, ms where named): {timings}")
+    return 0

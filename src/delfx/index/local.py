@@ -1,0 +1,135 @@
+"""One face over the three local-descriptor indexes: vocabulary tree, HE and ASMK*.
+
+Every index is immutable: ``add(descriptor_lists)`` returns a new index with one more
+inverted-file segment, ``search(descriptors, top_k)`` returns ``(ids, scores)`` and
+``words(descriptors)`` the visual word of each descriptor (for word-based matching).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from delfx.errors import InputError
+from delfx.index.asmk import ASMKIndex
+from delfx.index.bow import TreeIndex
+from delfx.index.he import HEIndex
+from delfx.index.invfile import Segment
+from delfx.index.kmeans import train_flat
+from delfx.index.voctree import train_tree
+
+KINDS = ("voctree", "he", "asmk")
+
+
+class LocalIndex(Protocol):
+    """What the stages need of an index."""
+
+    n_images: int
+
+    def add(self, descriptor_lists: Sequence[np.ndarray]) -> LocalIndex: ...
+
+    def search(
+        self, descriptors: np.ndarray, top_k: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def words(self, descriptors: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How to train an index.
+
+    Attributes:
+        kind: ``voctree``, ``he`` or ``asmk``.
+        branch: vocabulary tree branching factor.
+        height: vocabulary tree height.
+        n_words: flat codebook size (HE, ASMK).
+        kmeans_iters: k-means iterations.
+        points_per_word: k-means trains on at most this many points per word (subsampled).
+        ma: query-side multiple assignment (HE, ASMK).
+        train_per_image: descriptors drawn per training image (None: all).
+        seed: seed of sampling and k-means.
+    """
+
+    kind: str = "asmk"
+    branch: int = 10
+    height: int = 6
+    n_words: int = 16384
+    kmeans_iters: int = 10
+    points_per_word: int = 32
+    ma: int = 5
+    train_per_image: int | None = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"index kind '{self.kind}': expected one of {', '.join(KINDS)}")
+
+
+PRESETS: dict[str, IndexConfig] = {
+    "voctree": IndexConfig(kind="voctree", branch=10, height=6),
+    "he": IndexConfig(kind="he", n_words=16384, ma=3),
+    "asmk": IndexConfig(kind="asmk", n_words=16384, ma=5),
+}
+
+
+def train(conf: IndexConfig, descriptors: np.ndarray) -> LocalIndex:
+    """Train an empty index of ``conf.kind`` on ``N x D`` float32 descriptors."""
+    x = np.ascontiguousarray(descriptors, dtype=np.float32)
+    if conf.kind == "voctree":
+        tree = train_tree(x, conf.branch, conf.height, seed=conf.seed, niter=conf.kmeans_iters)
+        return TreeIndex(tree)
+    n_words = conf.n_words
+    if x.shape[0] < n_words:
+        raise InputError(
+            f"codebook: {x.shape[0]} training descriptors for {n_words} words; "
+            "use more training images or fewer words"
+        )
+    centroids = train_flat(
+        x,
+        n_words,
+        niter=conf.kmeans_iters,
+        seed=conf.seed,
+        max_points_per_centroid=conf.points_per_word,
+    )
+    if conf.kind == "he":
+        return HEIndex.from_codebook(centroids, x, seed=conf.seed, ma=conf.ma)
+    return ASMKIndex.from_codebook(centroids, seed=conf.seed, ma=conf.ma)
+
+
+def segments_of(index: LocalIndex) -> tuple[Segment, ...]:
+    """The inverted-file segments of an index, oldest first."""
+    inv = index.inverted if isinstance(index, TreeIndex) else index.ivf  # type: ignore[attr-defined]
+    return tuple(inv.segments)
+
+
+def state_of(index: LocalIndex) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """JSON-able meta and model arrays (the segments are saved separately)."""
+    state = index.state()  # type: ignore[attr-defined]
+    return state[0], state[1]
+
+
+def restore(
+    meta: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    segments: Sequence[Segment],
+    n_images: int,
+) -> LocalIndex:
+    """Rebuild an index from its meta, model arrays and segments, with ``n_images`` images."""
+    kind = meta.get("kind")
+    meta = {**meta, "n_images": n_images}
+    if kind == "voctree":
+        return TreeIndex.from_state(dict(meta), dict(arrays), segments, n_images=n_images)
+    if kind == "he":
+        return HEIndex.from_state(meta, arrays, segments)
+    if kind == "asmk":
+        return ASMKIndex.from_state(meta, arrays, segments)
+    raise InputError(f"unknown index kind {kind!r}")
+
+
+def dim_of(index: LocalIndex) -> int:
+    """Descriptor dimension the index expects."""
+    return index.tree.dim if isinstance(index, TreeIndex) else index.dim  # type: ignore[attr-defined]

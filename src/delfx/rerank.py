@@ -1,0 +1,182 @@
+"""Stage: spatial verification of the top of each ranked list.
+
+For each query, the first ``rerank_num`` candidates (after dropping the protocol's junk images
+when asked) are matched to the query, a model is fitted with OpenCV's USAC (MAGSAC++ by
+default), and the candidates with at least ``min_inliers`` inliers move to the front, ordered by
+inlier count with ties broken by the first-stage score (:func:`delfx.verify.rerank.rerank`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from delfx.errors import InputError
+from delfx.features.types import LocalFeatures
+from delfx.io.featurestore import FeatureReader
+from delfx.verify.matching import combine, ratio_matches, word_matches
+from delfx.verify.ransac import RansacConfig
+from delfx.verify.rerank import merge, rerank, shortlist, verify_candidates
+
+logger = logging.getLogger(__name__)
+
+MATCHES = ("ratio", "words", "both")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Settings of spatial verification.
+
+    Attributes:
+        rerank_num: candidates verified per query.
+        matches: tentative matches from the ``ratio`` test, shared visual ``words``, or ``both``.
+        ratio: ratio-test threshold (the seed used 0.9).
+        ransac: the model, estimator and thresholds.
+        drop_junk: drop the ground truth's junk images before taking the shortlist.
+        workers: verification threads.
+    """
+
+    rerank_num: int = 100
+    matches: str = "ratio"
+    ratio: float = 0.9
+    ransac: RansacConfig = field(default_factory=RansacConfig)
+    drop_junk: bool = False
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.matches not in MATCHES:
+            raise InputError(f"matches '{self.matches}': expected one of {', '.join(MATCHES)}")
+        if self.rerank_num < 0:
+            raise InputError(f"rerank_num {self.rerank_num}: expected >= 0")
+
+
+def _matcher(
+    conf: RerankConfig, words_fn: Callable[[np.ndarray], np.ndarray] | None
+) -> Callable[[LocalFeatures, LocalFeatures], np.ndarray]:
+    if conf.matches != "ratio" and words_fn is None:
+        raise InputError(f"matches='{conf.matches}' needs the index's visual words")
+
+    def fn(q: LocalFeatures, d: LocalFeatures) -> np.ndarray:
+        parts = []
+        if conf.matches in ("ratio", "both"):
+            parts.append(ratio_matches(q.descriptors, d.descriptors, conf.ratio))
+        if conf.matches in ("words", "both"):
+            parts.append(word_matches(words_fn(q.descriptors), words_fn(d.descriptors)))
+        return combine(*parts) if len(parts) > 1 else parts[0]
+
+    return fn
+
+
+def rerank_all(
+    conf: RerankConfig,
+    ranks: np.ndarray,
+    scores: np.ndarray,
+    reader: FeatureReader,
+    query_names: Sequence[str],
+    db_names: Sequence[str],
+    *,
+    junk: Sequence[np.ndarray] | None = None,
+    words_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank every query's list.
+
+    Args:
+        conf: verification settings.
+        ranks: ``Q x K`` first-stage image ids.
+        scores: ``Q x K`` first-stage scores.
+        reader: feature store with the queries and the database images.
+        query_names: store names of the queries.
+        db_names: store name of each image id.
+        junk: per query, image ids to drop before the shortlist (with ``conf.drop_junk``).
+        words_fn: descriptors -> visual words (for ``words`` matches).
+        progress: progress bar.
+
+    Returns:
+        ``(new_ranks, inliers)``: ``Q x K'`` image ids (junk dropped from the head re-enter
+        after it) and ``Q x rerank_num`` inlier counts of the shortlist, -1 where absent.
+    """
+    matches_fn = _matcher(conf, words_fn)
+    out, all_inliers = [], np.full((len(query_names), conf.rerank_num), -1, dtype=np.int64)
+    for q, qname in enumerate(
+        tqdm(
+            query_names,
+            desc="verify",
+            unit="query",
+            leave=False,
+            disable=None if progress else True,
+        )
+    ):
+        exclude = junk[q] if (conf.drop_junk and junk is not None) else None
+        cand = shortlist(ranks[q], conf.rerank_num, exclude)
+        if cand.size == 0:
+            out.append(ranks[q])
+            continue
+        query = reader.get(qname)
+        feats = [reader.get(db_names[i]) for i in cand]  # read here: h5py is not thread-parallel
+        inl = verify_candidates(
+            query, feats, conf.ransac, matches_fn=matches_fn, workers=conf.workers, ratio=conf.ratio
+        )
+        first = _scores_of(ranks[q], scores[q], cand)
+        order = rerank(first, inl, conf.ransac.min_inliers)
+        out.append(merge(ranks[q], cand[order]))
+        all_inliers[q, : inl.size] = inl[order]
+    return np.stack(out), all_inliers
+
+
+def _scores_of(ranked: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """First-stage scores of ``ids``, each of which appears once in ``ranked``."""
+    order = np.argsort(ranked, kind="stable")
+    return scores[order[np.searchsorted(ranked[order], ids)]].astype(np.float64)
+
+
+def main(
+    conf: RerankConfig,
+    ranks_path: str | os.PathLike[str],
+    index_dir: str | os.PathLike[str],
+    features: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    dataset: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Re-rank a search output (``ranks``, ``scores``, ``queries`` in ``.npz``) into ``out``.
+
+    The index gives the image names behind the ids and, for word matches, the visual words.
+    ``root`` and ``dataset`` give the junk images to drop when ``conf.drop_junk`` is set.
+    """
+    from delfx.build_index import load
+    from delfx.datasets.revisited import RetrievalDataset
+    from delfx.index.storage import load_arrays, save_arrays
+
+    arrays = load_arrays(ranks_path)
+    for key in ("ranks", "scores", "queries"):
+        if key not in arrays:
+            raise InputError(f"{ranks_path}: missing array '{key}' (write it with delfx search)")
+    index, db_names, _ = load(index_dir)
+    junk = None
+    if conf.drop_junk:
+        if root is None or dataset is None:
+            raise InputError("dropping junk needs --root and --dataset")
+        junk = [t.junk for t in RetrievalDataset(root, dataset).truth]
+    queries = [str(q) for q in arrays["queries"]]
+    with FeatureReader(features) as reader:
+        ranks, inliers = rerank_all(
+            conf,
+            arrays["ranks"],
+            arrays["scores"],
+            reader,
+            queries,
+            db_names,
+            junk=junk,
+            words_fn=index.words,
+            progress=progress,
+        )
+    return save_arrays(out, {"ranks": ranks, "inliers": inliers, "queries": arrays["queries"]})

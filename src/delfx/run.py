@@ -1,0 +1,269 @@
+"""Stage: one named experiment from features to results JSON, reusing what the work folder has.
+
+``delfx run PIPELINE --root R --dataset NAME --work W --output results.json`` runs extraction,
+codebook training, indexing, search, optional spatial verification and evaluation. Every stage
+output is cached in ``W`` under a name derived from its settings, so a second run (or another
+pipeline sharing a stage) reuses it.
+
+Codebook training images, in order of preference:
+
+1. ``--codebook-from ROOT:NAME`` (another dataset) or ``--codebook-from FILE.h5`` (features);
+2. the conventional companion dataset when present under ROOT (Oxford <-> Paris);
+3. the dataset's unrelated images: database images in no query's positive or junk lists, so
+   nothing that is searched for shapes the vocabulary;
+4. the database itself, only where the pipeline asks for it (``sift-voctree-seed``, as the
+   seed did) or ``--codebook-from database`` is given; a warning says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from delfx import build_index, extract, search
+from delfx.datasets.revisited import COMPANIONS, RetrievalDataset, unrelated_images
+from delfx.errors import InputError
+from delfx.evaluate import score, write_results
+from delfx.features.sift import PRESETS as SIFT_PRESETS
+from delfx.index.local import IndexConfig
+from delfx.index.storage import IndexDir, load_arrays, save_arrays
+from delfx.io.featurestore import FeatureReader, load_descriptors
+from delfx.rerank import RerankConfig, rerank_all
+from delfx.verify.ransac import RansacConfig
+
+logger = logging.getLogger(__name__)
+
+MIN_UNRELATED = 20  # fewer unrelated images than this are too few to train a codebook
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A named experiment.
+
+    Attributes:
+        features: SIFT preset (``seed`` or ``rootsift``).
+        index: index settings.
+        codebook_on_database: train on the database itself (the seed's setting).
+        rerank: verification settings; ``rerank.rerank_num = 0`` disables verification.
+    """
+
+    features: str
+    index: IndexConfig
+    codebook_on_database: bool = False
+    rerank: RerankConfig = field(default_factory=lambda: RerankConfig(rerank_num=0))
+
+
+PIPELINES: dict[str, PipelineConfig] = {
+    # the seed's SIFT path: 500 SIFT, tree 10^6 trained on the test database, RANSAC on 150
+    "sift-voctree-seed": PipelineConfig(
+        "seed",
+        IndexConfig(kind="voctree", branch=10, height=6, train_per_image=None),
+        codebook_on_database=True,
+        rerank=RerankConfig(rerank_num=0, ratio=0.9, ransac=RansacConfig("homography", threshold=4.0)),
+    ),
+    "sift-voctree": PipelineConfig("rootsift", IndexConfig(kind="voctree", branch=10, height=6)),
+    "sift-he": PipelineConfig("rootsift", IndexConfig(kind="he", n_words=16384, ma=3)),
+    "sift-asmk": PipelineConfig("rootsift", IndexConfig(kind="asmk", n_words=16384, ma=5)),
+}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+@dataclass
+class _Run:
+    root: Path
+    dataset: RetrievalDataset
+    work: Path
+    workers: int | None
+    progress: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, key: str, t0: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+
+    def features(self, preset: str, root: Path | None = None, name: str | None = None) -> Path:
+        root, name = root or self.root, name or self.dataset.name
+        conf = extract.ExtractConfig(sift=SIFT_PRESETS[preset], workers=self.workers)
+        out = self.work / f"features-sift-{preset}-{name}.h5"
+        t0 = time.perf_counter()
+        extract.main(conf, out, root=root, dataset=name, progress=self.progress)  # resumes
+        self.timed("extract", t0)
+        return out
+
+
+def _training_set(
+    run: _Run, pipe: PipelineConfig, feats: Path, codebook_from: str | None
+) -> tuple[np.ndarray, str]:
+    """Descriptors to train the codebook on, and a description of their source."""
+    db_names = [f"db/{n}" for n in run.dataset.images]
+    source_file, names, label = feats, db_names, ""
+    if codebook_from == "database" or (codebook_from is None and pipe.codebook_on_database):
+        label = f"database of {run.dataset.name} (the seed's setting; results are optimistic)"
+        logger.warning("training the codebook on the test database itself: %s", label)
+    elif codebook_from is not None and codebook_from.endswith(".h5"):
+        source_file, names, label = Path(codebook_from), None, f"features {codebook_from}"
+    elif codebook_from is not None or COMPANIONS.get(run.dataset.name, "") in _present(run.root):
+        if codebook_from is not None:
+            if ":" not in codebook_from:
+                raise InputError(
+                    f"--codebook-from '{codebook_from}': expected ROOT:NAME, "
+                    "a features .h5 file, or 'database'"
+                )
+            other_root, other = codebook_from.rsplit(":", 1)
+        else:
+            other_root, other = str(run.root), COMPANIONS[run.dataset.name]
+        source_file = run.features(pipe.features, Path(other_root), other)
+        names, label = None, f"dataset {other}"
+    else:
+        unrelated = unrelated_images(run.dataset)
+        if len(unrelated) < MIN_UNRELATED:
+            raise InputError(
+                f"{run.dataset.name}: only {len(unrelated)} images unrelated to every query; "
+                "pass --codebook-from ROOT:NAME (independent images) or --codebook-from database"
+            )
+        names = [db_names[i] for i in unrelated]
+        label = f"{len(unrelated)} images of {run.dataset.name} unrelated to every query"
+    with FeatureReader(source_file) as reader:
+        if names is None:
+            names = reader.names("db/")
+        desc, _ = load_descriptors(reader, names, pipe.index.train_per_image, pipe.index.seed)
+    return desc, label
+
+
+def _present(root: Path) -> set[str]:
+    return {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+
+
+def main(
+    pipeline: str,
+    root: str | os.PathLike[str],
+    dataset: str,
+    work: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    rerank_num: int | None = None,
+    codebook_from: str | None = None,
+    drop_junk: bool = False,
+    index_overrides: dict[str, Any] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run a named pipeline and write the results JSON.
+
+    Args:
+        pipeline: a key of :data:`PIPELINES`.
+        root: datasets root.
+        dataset: dataset name.
+        work: cache folder for stage outputs.
+        output: results JSON path.
+        rerank_num: verify this many candidates per query (None: the pipeline's default).
+        codebook_from: see the module docstring.
+        drop_junk: drop the ground truth's junk images before choosing what to verify.
+        index_overrides: replace index settings (e.g. ``{"n_words": 1024}`` for small data).
+        workers: extraction processes and verification threads.
+        progress: progress bars.
+
+    Returns:
+        The results JSON path.
+    """
+    if pipeline not in PIPELINES:
+        raise InputError(f"pipeline '{pipeline}': expected one of {', '.join(PIPELINES)}")
+    pipe = PIPELINES[pipeline]
+    if index_overrides:
+        pipe = replace(pipe, index=replace(pipe.index, **index_overrides))
+    rconf = pipe.rerank if rerank_num is None else replace(pipe.rerank, rerank_num=rerank_num)
+    rconf = replace(rconf, drop_junk=drop_junk, workers=workers or rconf.workers)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    run = _Run(Path(root), RetrievalDataset(root, dataset), work, workers, progress)
+    feats = run.features(pipe.features)
+    db_names = [f"db/{n}" for n in run.dataset.images]
+    q_names = [f"query/{n}" for n in run.dataset.queries]
+
+    key = _digest([asdict(pipe.index), pipe.features, pipe.codebook_on_database, codebook_from])
+    index_dir = work / f"index-{pipe.index.kind}-{dataset}-{key}"
+    if not IndexDir(index_dir).exists():
+        t0 = time.perf_counter()
+        train, source = _training_set(run, pipe, feats, codebook_from)
+        run.timed("codebook_data", t0)
+        t0 = time.perf_counter()
+        build_index.build(
+            pipe.index,
+            feats,
+            index_dir,
+            train_descriptors=train,
+            train_source=source,
+            names=db_names,
+            allow_empty=True,
+            overwrite=True,
+            progress=progress,
+        )
+        run.timed("index", t0)
+    index, names, manifest = build_index.load(index_dir)
+    if names != db_names:
+        raise InputError(f"{index_dir}: indexed images differ from {dataset}'s database")
+
+    ranks_path = index_dir / "ranks.npz"
+    if ranks_path.is_file():
+        arrays = load_arrays(ranks_path)
+        ranks, scores = arrays["ranks"], arrays["scores"]
+    else:
+        t0 = time.perf_counter()
+        with FeatureReader(feats) as reader:
+            ranks, scores = search.rank_queries(index, reader, q_names, progress=progress)
+        run.timed("search", t0)
+        save_arrays(ranks_path, {"ranks": ranks, "scores": scores})
+    run.timings["search_per_query_ms"] = 1000 * run.timings.get("search", 0.0) / len(q_names)
+
+    method = pipeline
+    if rconf.rerank_num > 0:
+        t0 = time.perf_counter()
+        junk = [t.junk for t in run.dataset.truth]
+        with FeatureReader(feats) as reader:
+            ranks, _ = rerank_all(
+                rconf,
+                ranks,
+                scores,
+                reader,
+                q_names,
+                db_names,
+                junk=junk,
+                words_fn=index.words,
+                progress=progress,
+            )
+        run.timed("verify", t0)
+        run.timings["verify_per_query_ms"] = 1000 * run.timings["verify"] / len(q_names)
+        method = f"{pipeline}+sv{rconf.rerank_num}"
+
+    t0 = time.perf_counter()
+    scores_by_protocol = score(run.dataset, list(ranks))
+    run.timed("evaluate", t0)
+    return write_results(
+        output,
+        run.dataset,
+        method,
+        scores_by_protocol,
+        run.timings,
+        pipeline={
+            "name": pipeline,
+            "features": pipe.features,
+            "index": asdict(pipe.index),
+            "rerank": {**asdict(rconf), "ransac": asdict(rconf.ransac)},
+        },
+        codebook=manifest.get("train_source"),
+        index_bytes_per_image=_index_bytes(index) / max(index.n_images, 1),
+    )
+
+
+def _index_bytes(index: Any) -> float:
+    return float(index.nbytes()) if hasattr(index, "nbytes") else float("nan")

@@ -1,0 +1,325 @@
+"""End to end: ``delfx run`` on a small synthetic benchmark, the stage commands, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from delfx import build_index, synth
+from delfx.cli import main as cli_main
+from delfx.errors import InputError
+from delfx.index.local import IndexConfig
+from delfx.index.storage import IndexDir
+from delfx.io.featurestore import FeatureReader, load_descriptors
+
+REALVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "realviews"
+PLACES = [
+    "admiralty_arch",
+    "berlin_cathedral",
+    "campus_building",
+    "maupertuis_house",
+    "sagrada_familia",
+    "st_pauls_cathedral",
+]
+SMALL = ["--codebook-size", "256", "--tree-branch", "4", "--tree-height", "3", "--no-progress"]
+
+pytestmark = pytest.mark.skipif(not REALVIEWS.is_dir(), reason="needs ../shared/data/realviews")
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    """6 real landmark photos, 4 synthetic views each, 6 distractors: 30 db images, 6 queries."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    photos, distractors = tmp / "photos", tmp / "distractors"
+    photos.mkdir()
+    distractors.mkdir()
+    for place in PLACES:
+        shutil.copyfile(REALVIEWS / "groups" / place / "01.jpg", photos / f"{place}.jpg")
+    for f in sorted((REALVIEWS / "distractors").glob("*.jpg"))[:6]:
+        shutil.copyfile(f, distractors / f.name)
+    conf = synth.SynthConfig(size=320, views=4)
+    synth.main(conf, photos, tmp / "root", "tiny", seed=0, distractors_dir=distractors)
+    return tmp / "root"
+
+
+@pytest.mark.parametrize("pipeline", ["sift-asmk", "sift-he", "sift-voctree", "sift-voctree-seed"])
+def test_pipelines_end_to_end(synth_root, tmp_path_factory, pipeline, capsys):
+    """Every named pipeline runs and beats a floor of 50 mAP (Medium) after verification.
+
+    Why 50: with 6 queries, 3-4 positives each among 30 images, a random ranking scores about
+    15 mAP; the training-free colour histogram scores about 30 here. 50 is far above both, so a
+    broken index, codebook or verifier fails, and well below what the pipelines reach here
+    (84-97 with verification), so SIFT or faiss version drift does not.
+    """
+    work = tmp_path_factory.mktemp("work")
+    out = work / "res.json"
+    rc = cli_main(
+        [
+            "run",
+            pipeline,
+            "--root",
+            str(synth_root),
+            "--dataset",
+            "tiny",
+            "--work",
+            str(work),
+            "--output",
+            str(out),
+            "--rerank-num",
+            "20",
+            "--codebook-from",
+            "database",
+            *SMALL,
+        ]
+    )
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["protocols"]["medium"]["mAP"] > 50
+    assert {"extract", "index", "search", "verify", "evaluate"} <= set(res["timings"])
+    assert res["method"] == f"{pipeline}+sv20"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(">> tiny: mAP E: ")
+    # a second run reuses every cached stage
+    rc = cli_main(
+        [
+            "run",
+            pipeline,
+            "--root",
+            str(synth_root),
+            "--dataset",
+            "tiny",
+            "--work",
+            str(work),
+            "--output",
+            str(out),
+            "--codebook-from",
+            "database",
+            *SMALL,
+        ]
+    )
+    assert rc == 0
+    assert "index" not in json.loads(out.read_text())["timings"]
+
+
+def test_default_codebook_uses_unrelated_images(synth_root, tmp_path):
+    rc = cli_main(
+        [
+            "run",
+            "sift-voctree",
+            "--root",
+            str(synth_root),
+            "--dataset",
+            "tiny",
+            "--work",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "r.json"),
+            *SMALL,
+        ]
+    )
+    # 6 distractor views are too few to train on: the error says what to do
+    assert rc == 2
+
+
+def _features(synth_root: Path, tmp: Path) -> Path:
+    out = tmp / "f.h5"
+    assert (
+        cli_main(
+            [
+                "extract",
+                "sift",
+                "--root",
+                str(synth_root),
+                "--dataset",
+                "tiny",
+                "--out",
+                str(out),
+                "--preset",
+                "rootsift",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_stage_commands_and_incremental_add(synth_root, tmp_path):
+    feats = _features(synth_root, tmp_path)
+    idx = tmp_path / "idx"
+    assert (
+        cli_main(
+            [
+                "index",
+                "build",
+                "--features",
+                str(feats),
+                "--codebook-from",
+                str(feats),
+                "--out",
+                str(idx),
+                "--kind",
+                "asmk",
+                "--codebook-size",
+                "128",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "search",
+                "--index",
+                str(idx),
+                "--features",
+                str(feats),
+                "--output",
+                str(tmp_path / "r.npz"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "rerank",
+                "--index",
+                str(idx),
+                "--features",
+                str(feats),
+                "--ranks",
+                str(tmp_path / "r.npz"),
+                "--output",
+                str(tmp_path / "r2.npz"),
+                "--rerank-num",
+                "5",
+            ]
+        )
+        == 0
+    )
+    # appending images gives the same index as building with all of them at once
+    with FeatureReader(feats) as reader:
+        names = reader.names("db/")
+        train, _ = load_descriptors(reader, names, None, 0)
+    conf = IndexConfig(kind="asmk", n_words=128, ma=5)
+    whole = build_index.build(
+        conf,
+        feats,
+        tmp_path / "whole",
+        train_descriptors=train,
+        train_source="t",
+        names=names,
+        progress=False,
+    )
+    part = build_index.build(
+        conf,
+        feats,
+        tmp_path / "part",
+        train_descriptors=train,
+        train_source="t",
+        names=names[:10],
+        progress=False,
+    )
+    build_index.append(part, feats, names[10:], progress=False)
+    a, names_a, _ = build_index.load(whole)
+    b, names_b, _ = build_index.load(part)
+    assert names_a == names_b
+    with FeatureReader(feats) as reader:
+        q = reader.descriptors(reader.names("query/")[0])
+    ids_a, s_a = a.search(q)
+    ids_b, s_b = b.search(q)
+    np.testing.assert_allclose(s_a, s_b)
+    assert ids_a.tolist() == ids_b.tolist()
+    with pytest.raises(InputError, match="already indexed"):
+        build_index.append(part, feats, names[:1], progress=False)
+
+
+def test_bad_input_leaves_index_intact(synth_root, tmp_path):
+    import h5py
+
+    from delfx.features.types import LocalFeatures
+    from delfx.io.featurestore import FeatureWriter
+
+    feats = _features(synth_root, tmp_path)
+    with FeatureReader(feats) as reader:
+        names = reader.names("db/")
+        train, _ = load_descriptors(reader, names, None, 0)
+        config = reader.config
+    conf = IndexConfig(kind="he", n_words=64, ma=2)
+    idx = build_index.build(
+        conf,
+        feats,
+        tmp_path / "idx",
+        train_descriptors=train,
+        train_source="t",
+        names=names[:20],
+        progress=False,
+    )
+    before = json.loads((idx / "index.json").read_text())
+
+    # an image with no features
+    bad = tmp_path / "bad.h5"
+    shutil.copyfile(feats, bad)
+    with FeatureWriter(bad, config) as w:
+        w.write("db/blank", LocalFeatures.empty(128, (64, 64)))
+        w.write("query/blank", LocalFeatures.empty(128, (64, 64)))
+    with pytest.raises(InputError, match="'db/blank' has no features"):
+        build_index.append(idx, bad, [*names[20:], "db/blank"], progress=False)
+    assert json.loads((idx / "index.json").read_text()) == before
+
+    # an empty query
+    index, _, _ = build_index.load(idx)
+    from delfx import search
+
+    with FeatureReader(bad) as reader, pytest.raises(InputError, match="no features"):
+        search.rank_queries(index, reader, ["query/blank"], progress=False)
+
+    # descriptors of another dimension
+    other = tmp_path / "other.h5"
+    with FeatureWriter(other, {"extractor": "toy"}) as w:
+        rng = np.random.default_rng(0)
+        w.write(
+            "db/x",
+            LocalFeatures(
+                rng.random((5, 2), dtype=np.float32),
+                np.ones(5, np.float32),
+                np.zeros(5, np.float32),
+                rng.random((5, 64), dtype=np.float32),
+                np.ones(5, np.float32),
+                (10, 10),
+            ),
+        )
+    with pytest.raises(InputError, match="64-d descriptors; the index expects 128-d"):
+        build_index.append(idx, other, ["db/x"], progress=False)
+    assert json.loads((idx / "index.json").read_text()) == before
+
+    # a build killed half-way: the earlier index is still there and loads
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    orig = IndexDir.commit
+    IndexDir.commit = boom  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_index.build(
+                conf,
+                feats,
+                idx,
+                train_descriptors=train,
+                train_source="t",
+                names=names,
+                overwrite=True,
+                progress=False,
+            )
+    finally:
+        IndexDir.commit = orig  # type: ignore[method-assign]
+    assert json.loads((idx / "index.json").read_text()) == before
+    index, loaded, _ = build_index.load(idx)
+    assert loaded == names[:20] and index.n_images == 20
+    del h5py
