@@ -67,7 +67,9 @@ PIPELINES: dict[str, PipelineConfig] = {
         "seed",
         IndexConfig(kind="voctree", branch=10, height=6, train_per_image=None),
         codebook_on_database=True,
-        rerank=RerankConfig(rerank_num=0, ratio=0.9, ransac=RansacConfig("homography", threshold=4.0)),
+        rerank=RerankConfig(
+            rerank_num=0, ratio=0.9, ransac=RansacConfig("homography", threshold=4.0)
+        ),
     ),
     "sift-voctree": PipelineConfig("rootsift", IndexConfig(kind="voctree", branch=10, height=6)),
     "sift-he": PipelineConfig("rootsift", IndexConfig(kind="he", n_words=16384, ma=3)),

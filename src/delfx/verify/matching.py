@@ -32,29 +32,40 @@ def _as_descriptors(desc: np.ndarray, name: str) -> np.ndarray:
 
 
 def ratio_matches(
-    desc_q: np.ndarray, desc_d: np.ndarray, ratio: float = 0.9, mutual: bool = False
+    desc_q: np.ndarray,
+    desc_d: np.ndarray,
+    ratio: float = 0.9,
+    mutual: bool = False,
+    one_to_one: bool = False,
 ) -> np.ndarray:
     """Lowe's 2-NN ratio test, query to database, on exact L2 distances (faiss brute force).
 
     Query feature ``i`` is matched to its nearest database feature ``j`` when
-    ``d1**2 < ratio**2 * d2**2`` (strict, compared in float64), where ``d1 <= d2`` are the squared
-    L2 distances to the two nearest database features. A tie ``d1 == d2`` is therefore always
-    rejected, whichever of the tied features the search lists first. With fewer than two database
-    features the test cannot be applied and nothing is matched.
+    ``d1**2 < ratio**2 * d2**2`` (strict; the squared distances are compared in float64), where
+    ``d1 <= d2`` are the L2 distances to the two nearest database features. A tie ``d1 == d2`` is
+    therefore always rejected, whichever of the tied features the search lists first. With fewer
+    than two database features the test cannot be applied and nothing is matched.
 
     With ``mutual=True`` a match ``(i, j)`` is also required to be a nearest query feature of
     ``j``: ``d(i, j)`` may exceed the smallest distance from ``j`` to any query feature by at most
     a float32 rounding margin (so ties in the reverse direction are kept).
+
+    With ``one_to_one=True`` each database feature keeps only the closest of the query features
+    matched to it (ties: the lowest query index). This costs no second search, and it matters for
+    verification: many query features matched to one database feature let a degenerate model
+    (a homography that collapses them onto one point) collect many "inliers" between unrelated
+    images.
 
     Args:
         desc_q: ``Nq x D`` query descriptors (converted to float32).
         desc_d: ``Nd x D`` database descriptors.
         ratio: the ratio threshold in ``(0, 1]``; the seed used 0.9.
         mutual: also require the reverse nearest-neighbour check.
+        one_to_one: keep at most one match per database feature.
 
     Returns:
         ``M x 2`` int64 ``(query index, database index)`` rows in increasing query index; every
-        query index appears at most once.
+        query index appears at most once (and every database index too with ``one_to_one``).
 
     Raises:
         InputError: on non-2-D input, a dimension mismatch or a ratio outside ``(0, 1]``.
@@ -79,6 +90,14 @@ def ratio_matches(
         slack = 1e-6 * np.maximum(d_ij, best_back[dj]) + 1e-12
         ok = d_ij <= best_back[dj] + slack
         qi, dj = qi[ok], dj[ok]
+    if one_to_one and qi.size:
+        order = np.lexsort((qi, dist[qi, 0], dj))
+        qi, dj = qi[order], dj[order]
+        first = np.ones(qi.size, dtype=bool)
+        first[1:] = dj[1:] != dj[:-1]
+        qi, dj = qi[first], dj[first]
+        order = np.argsort(qi, kind="stable")
+        qi, dj = qi[order], dj[order]
     return np.stack([qi.astype(np.int64), dj], axis=1)
 
 

@@ -1,0 +1,60 @@
+"""``delfx extract ...``: local features of a dataset into an HDF5 feature file."""
+
+from __future__ import annotations
+
+import argparse
+
+from delfx.cli import add_subcommand
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``extract`` and its subcommands (``sift`` for now)."""
+    parser = add_subcommand(subparsers, "extract", "extract features into a feature file")
+    extract_sub = parser.add_subparsers(dest="extract_command", metavar="EXTRACTOR")
+    _register_sift(extract_sub)
+
+
+def _register_sift(subparsers: argparse._SubParsersAction) -> None:
+    from delfx.features.sift import PRESETS
+
+    parser = add_subcommand(
+        subparsers, "sift", "SIFT / RootSIFT local features of a dataset or a folder of photos"
+    )
+    parser.add_argument("--root", help="datasets root (with --dataset)")
+    parser.add_argument("--dataset", help="dataset name under --root, e.g. roxford5k")
+    parser.add_argument("--images", metavar="DIR", help="a folder of photos instead of a dataset")
+    parser.add_argument("--out", required=True, metavar="FILE", help="feature file (.h5) to write")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="rootsift", help="extractor settings"
+    )
+    parser.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    parser.add_argument("--half", action="store_true", help="store descriptors as float16")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start a new file instead of resuming --out"
+    )
+    parser.set_defaults(func=_run_sift, _parser=parser)
+
+
+def _run_sift(args: argparse.Namespace) -> int:
+    from delfx import extract
+    from delfx.features.sift import PRESETS
+
+    if args.images is not None and (args.root or args.dataset):
+        args._parser.error("give either --images or --root and --dataset, not both")
+    if args.images is None and not (args.root and args.dataset):
+        args._parser.error("give --root and --dataset, or --images")
+    if args.workers is not None and args.workers < 1:
+        args._parser.error("--workers must be at least 1")
+    conf = extract.ExtractConfig(sift=PRESETS[args.preset], half=args.half)
+    out = extract.main(
+        conf,
+        args.out,
+        root=args.root,
+        dataset=args.dataset,
+        images_dir=args.images,
+        workers=args.workers,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,231 @@
+"""The extraction stage: local features of every image of a dataset into one feature file.
+
+Database images are stored as ``db/<imlist name>``; queries as ``query/<qimlist name>``, cropped
+to their box, with keypoints in the full image's pixels, ``image_size`` the full image's, and the
+box in the group's ``bbox`` attribute (``crop`` holds the whole-pixel box actually cut; a crop
+larger than ``max_side`` is shrunk on its own). A plain folder of photos gives
+``db/<relative path without suffix>``.
+
+Worker processes (started with "spawn", so no state is inherited) read and describe images; the
+main process is the single writer and stores results in input order. The output file is written
+in place and is resumable: images already stored are skipped, and a killed run keeps what it
+wrote (see :mod:`delfx.io.featurestore`).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+from tqdm import tqdm
+
+from delfx.datasets.revisited import RetrievalDataset
+from delfx.errors import InputError
+from delfx.features.sift import SiftConfig, extract_sift
+from delfx.features.types import LocalFeatures
+from delfx.io.featurestore import FeatureWriter
+from delfx.io.images import crop_box, has_image_suffix, read_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Settings of the extraction stage.
+
+    Attributes:
+        sift: the SIFT extractor settings (stored in the output file as its config).
+        workers: worker processes (None: ``os.cpu_count()``; 1: extract in this process).
+        half: store descriptors as float16 on disk.
+    """
+
+    sift: SiftConfig = field(default_factory=SiftConfig)
+    workers: int | None = None
+    half: bool = False
+
+    def store_config(self) -> dict[str, Any]:
+        """The part of the settings that determines the features (the file's ``config``)."""
+        return {"extractor": "sift", "sift": asdict(self.sift)}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to extract: its store name, file and optional query box."""
+
+    name: str
+    path: Path
+    bbox: tuple[float, float, float, float] | None = None
+
+
+def dataset_jobs(dataset: RetrievalDataset) -> list[Job]:
+    """Database images (``db/...``), then queries cropped to their box (``query/...``)."""
+    jobs = [Job(f"db/{n}", dataset.image_path(n)) for n in dataset.images]
+    for q, n in enumerate(dataset.queries):
+        jobs.append(Job(f"query/{n}", dataset.image_path(n), dataset.query_bbox(q)))
+    return jobs
+
+
+def folder_jobs(folder: str | os.PathLike[str]) -> list[Job]:
+    """Every photo under ``folder`` (recursively, hidden entries skipped), sorted by name.
+
+    Raises:
+        InputError: the folder is missing, holds no photo, or two photos differ only in suffix.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    jobs: dict[str, Job] = {}
+    skipped = 0
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if not has_image_suffix(path):
+            skipped += 1
+            continue
+        name = f"db/{rel.with_suffix('').as_posix()}"
+        if name in jobs:
+            raise InputError(f"{path}: same name as {jobs[name].path} once the suffix is dropped")
+        jobs[name] = Job(name, path)
+    if skipped:
+        logger.info("%s: skipped %d file(s) that are not photos", folder, skipped)
+    if not jobs:
+        raise InputError(f"{folder}: no photos found")
+    return sorted(jobs.values(), key=lambda j: j.name)
+
+
+def extract_job(job: Job, conf: SiftConfig) -> tuple[str, LocalFeatures, dict[str, Any]]:
+    """Read one image (cropping a query to its box) and extract its features.
+
+    Returns:
+        ``(name, features, group attributes)``.
+
+    Raises:
+        InputError: the image is missing, truncated or not an image (the message names it).
+    """
+    image = read_image(job.path)
+    h, w = image.shape[:2]
+    if job.bbox is None:
+        return job.name, extract_sift(image, conf), {}
+    crop = crop_box(image, job.bbox)
+    # the corner crop_box used (rounded, clipped), so keypoints land in the full image
+    x1, y1 = max(0, round(job.bbox[0])), max(0, round(job.bbox[1]))
+    feats = extract_sift(crop, conf, offset=(x1, y1), image_size=(w, h))
+    attrs = {
+        "bbox": [float(v) for v in job.bbox],
+        "crop": [x1, y1, x1 + crop.shape[1], y1 + crop.shape[0]],
+    }
+    return job.name, feats, attrs
+
+
+_WORKER_CONF: SiftConfig | None = None
+
+
+def _init_worker(conf: SiftConfig) -> None:
+    global _WORKER_CONF
+    _WORKER_CONF = conf
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def _worker(job: Job) -> tuple[str, LocalFeatures, dict[str, Any]]:
+    assert _WORKER_CONF is not None
+    return extract_job(job, _WORKER_CONF)
+
+
+def _results(
+    jobs: Sequence[Job], conf: SiftConfig, workers: int
+) -> Iterator[tuple[str, LocalFeatures, dict[str, Any]]]:
+    """Extract ``jobs`` in order, in this process or in a pool of ``workers`` processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield extract_job(job, conf)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(conf,)) as pool:
+        yield from pool.imap(_worker, jobs, chunksize=1)
+
+
+def main(
+    conf: ExtractConfig,
+    out: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    dataset: str | None = None,
+    images_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Extract SIFT features of a dataset (or a folder of photos) into ``out``.
+
+    Args:
+        conf: extractor settings; ``conf.sift`` is recorded in the file.
+        out: the ``.h5`` feature file; an existing one with the same config is resumed.
+        root: datasets root (with ``dataset``).
+        dataset: dataset name under ``root``.
+        images_dir: a folder of photos instead of a dataset.
+        workers: worker processes (overrides ``conf.workers``; None: ``os.cpu_count()``).
+        progress: show a progress bar (on a terminal).
+        overwrite: start a new file instead of resuming an existing one.
+
+    Returns:
+        ``out`` as a Path.
+
+    With ``workers > 1`` the workers are started with "spawn": a script that calls this must
+    guard its entry point with ``if __name__ == "__main__":``.
+
+    Raises:
+        InputError: bad arguments, an unreadable or truncated image (images stored before it
+            stay in ``out``), or an existing ``out`` written with another config.
+    """
+    if (images_dir is None) == (root is None and dataset is None):
+        raise InputError("extract: give either root and dataset, or images_dir")
+    if images_dir is None:
+        if root is None or dataset is None:
+            raise InputError("extract: root and dataset go together")
+        jobs = dataset_jobs(RetrievalDataset(root, dataset))
+        source = f"dataset {dataset}"
+    else:
+        jobs = folder_jobs(images_dir)
+        source = f"folder {Path(images_dir).name}"
+    n_workers = workers if workers is not None else conf.workers
+    n_workers = max(1, int(n_workers if n_workers is not None else os.cpu_count() or 1))
+    out = Path(out)
+
+    start = time.perf_counter()
+    n_feats = 0
+    with FeatureWriter(out, conf.store_config(), resume=not overwrite, half=conf.half) as writer:
+        todo = [j for j in jobs if not writer.has(j.name)]
+        if len(todo) < len(jobs):
+            logger.info("%s: %d of %d images already stored", out, len(jobs) - len(todo), len(jobs))
+        bar = tqdm(
+            total=len(todo),
+            desc="extract sift",
+            unit="img",
+            leave=False,
+            disable=None if progress else True,
+        )
+        with bar:
+            for name, feats, attrs in _results(todo, conf.sift, n_workers):
+                writer.write(name, feats, attrs)
+                n_feats += len(feats)
+                bar.update(1)
+    elapsed = time.perf_counter() - start
+    if todo:
+        logger.info(
+            "%s: %d images from %s in %.1f s (%.2f img/s, %.0f features/image)",
+            out,
+            len(todo),
+            source,
+            elapsed,
+            len(todo) / max(elapsed, 1e-9),
+            n_feats / len(todo),
+        )
+    return out

@@ -1,0 +1,463 @@
+"""Flat codebook + Hamming embedding index (Jégou, Douze and Schmid, ECCV 2008).
+
+Every database descriptor is one posting in the inverted file (payload ``sig``: its 64-bit HE
+signature, see :mod:`delfx.index.hamming`), under its nearest word. A query descriptor visits
+its ``ma`` nearest words (multiple assignment, query side only; optionally only the words within
+``ma_ratio`` times the distance of the nearest) and is signed with each word's thresholds.
+
+Score of database image ``d`` for query ``q`` (all pairs of descriptors sharing a word)::
+
+    s(q, d) = Σ_{(i, j): w_i = w_j = w, h(i, j) <= max_h} exp(-h(i, j)² / σ²) · idf_w²
+              ------------------------------------------------------------------
+                                       ‖q‖ · ‖d‖
+
+    idf_w = log(N / N_w)                  (N images indexed, N_w of them use word w; 0 if N_w = 0)
+    ‖d‖   = sqrt(Σ_w idf_w² · n_w(d)²)    (n_w(d): descriptors of d in word w)
+    ‖q‖   = sqrt(Σ_w idf_w² · m_w(q)²)    (m_w(q): query (descriptor, word) assignments in w)
+
+With all distances 0 this is the cosine of the idf-weighted bag-of-words histograms, so scores
+lie in [0, 1] and are comparable across queries. Images with ``‖d‖ = 0`` score 0. ``idf`` and
+``‖d‖`` are derived from the postings whenever an index is made, so adding images in batches
+gives exactly the scores of one build.
+
+Shapes: ``N`` descriptors, ``D`` dimensions, ``W`` words, ``M`` query (descriptor, word) pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from delfx.errors import InputError
+from delfx.index.hamming import MAX_H, SIGMA, HEParams, he_weight, signatures, train_he
+from delfx.index.invfile import InvertedFile, Segment, accumulate, build_segment
+from delfx.index.kmeans import Quantizer, assign, train_flat
+
+logger = logging.getLogger(__name__)
+
+
+# ---- helpers shared with the ASMK index ---------------------------------------------------
+
+
+def check_query(descriptors: np.ndarray, dim: int) -> np.ndarray:
+    """A query's descriptors as ``(N, D)`` float32; InputError when empty or of the wrong size."""
+    x = np.asarray(descriptors)
+    if x.size == 0:
+        raise InputError("query has no descriptors")
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise InputError(f"query descriptors have shape {x.shape}, expected (N, {dim})")
+    if not np.isfinite(x).all():
+        raise InputError("query descriptors contain NaN or infinity")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def stack_lists(descriptor_lists: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-image descriptor arrays.
+
+    Args:
+        descriptor_lists: one ``(n_i, D)`` array per image; an empty array is an image with no
+            features.
+        dim: expected ``D``.
+
+    Returns:
+        ``(N, D)`` float32 descriptors and ``(B,)`` int64 counts ``n_i``.
+    """
+    parts, counts = [], []
+    for i, arr in enumerate(descriptor_lists):
+        a = np.asarray(arr)
+        if a.size == 0:
+            counts.append(0)
+            continue
+        if a.ndim != 2 or a.shape[1] != dim:
+            raise InputError(f"image {i}: descriptors have shape {a.shape}, expected (n, {dim})")
+        if not np.isfinite(a).all():
+            raise InputError(f"image {i}: descriptors contain NaN or infinity")
+        parts.append(np.asarray(a, dtype=np.float32))
+        counts.append(a.shape[0])
+    x = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    return np.ascontiguousarray(x), np.asarray(counts, dtype=np.int64)
+
+
+def training_set(descriptor_lists: Sequence[np.ndarray]) -> np.ndarray:
+    """All descriptors of the images that have some, stacked ``(N, D)`` (for ``build``)."""
+    sized = [np.asarray(a) for a in descriptor_lists if np.asarray(a).size]
+    if not sized:
+        raise InputError("build: no image has descriptors")
+    return stack_lists(sized, sized[0].shape[-1])[0]
+
+
+def check_new_ids(image_ids: Sequence[int] | np.ndarray | None, first: int, count: int) -> None:
+    """Image ids of an add must continue the index: ``first, first + 1, ...`` (or be None)."""
+    if image_ids is None:
+        return
+    ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+    if ids.size != count or not np.array_equal(ids, np.arange(first, first + count)):
+        raise InputError(
+            f"image ids must be the next {count} ids {first}..{first + count - 1} of the index"
+        )
+
+
+def multi_assign(
+    x: np.ndarray,
+    centroids: np.ndarray,
+    ma: int,
+    ratio: float | None = None,
+    quantizer: Quantizer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multiple assignment: the ``ma`` nearest words of each descriptor.
+
+    Args:
+        x: ``(N, D)`` float32.
+        centroids: ``(W, D)`` float32.
+        ma: words per descriptor.
+        ratio: when set, keep a word only if its distance is ``<= ratio`` times the distance to
+            the nearest word (Jégou et al. 2010 use 1.2).
+        quantizer: search structure over ``centroids`` (default: exact search).
+
+    Returns:
+        ``(M,)`` row of ``x`` and ``(M,)`` word of each kept assignment, nearest first per row.
+    """
+    nn = assign(x, centroids if quantizer is None else quantizer, k=ma)
+    rows = np.repeat(np.arange(x.shape[0], dtype=np.int64), ma)
+    words = nn.reshape(-1)
+    if ratio is not None and ma > 1:
+        diff = x[rows].astype(np.float64) - centroids[words].astype(np.float64)
+        d2 = np.einsum("ij,ij->i", diff, diff).reshape(-1, ma)
+        keep = (d2 <= (ratio * ratio) * d2[:, :1]).reshape(-1)
+        rows, words = rows[keep], words[keep]
+    return rows, words
+
+
+def rank(scores: np.ndarray, top_k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and scores by decreasing score, ties by increasing id; the first ``top_k`` only."""
+    n = scores.size
+    k = n if top_k is None else max(0, min(int(top_k), n))
+    if k < n:
+        kth = np.partition(scores, n - k)[n - k]
+        above = np.flatnonzero(scores > kth)
+        ties = np.flatnonzero(scores == kth)[: k - above.size]
+        cand = np.concatenate([above, ties])
+    else:
+        cand = np.arange(n)
+    order = cand[np.lexsort((cand, -scores[cand]))]
+    return order.astype(np.int64), scores[order]
+
+
+def word_image_runs(segment: Segment, n_words: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (word, image) pairs of a segment and their posting counts.
+
+    Returns:
+        ``(R,)`` words, ``(R,)`` image ids and ``(R,)`` counts.
+    """
+    ids = segment.image_ids
+    if ids.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    word_of = np.repeat(np.arange(n_words, dtype=np.int64), np.diff(segment.offsets))
+    same_word = word_of[1:] == word_of[:-1]
+    if not np.all((ids[1:] >= ids[:-1]) | ~same_word):  # not image-ordered within words
+        order = np.lexsort((ids, word_of))
+        word_of, ids = word_of[order], ids[order]
+        same_word = word_of[1:] == word_of[:-1]
+    new = np.ones(ids.size, dtype=bool)
+    new[1:] = ~same_word | (ids[1:] != ids[:-1])
+    starts = np.flatnonzero(new)
+    return word_of[starts], ids[starts], np.diff(np.append(starts, ids.size))
+
+
+def word_chunks(ivf: InvertedFile, words: np.ndarray, max_hits: int = 1 << 20) -> list[slice]:
+    """Split query words into consecutive runs of at most ``max_hits`` postings each.
+
+    Scoring chunk by chunk bounds a query's temporaries (a 100k-image HE query touches ~50M
+    postings) and keeps them cache- and allocator-friendly (about 2x faster than one pass); a
+    word longer than ``max_hits`` is a chunk of its own.
+    """
+    if words.size == 0 or not ivf.segments:
+        return []
+    cum = np.cumsum(sum(np.diff(s.offsets)[words] for s in ivf.segments))
+    cuts = np.searchsorted(cum, np.arange(max_hits, int(cum[-1]), max_hits), side="right")
+    bounds = np.unique(np.concatenate([[0], cuts, [words.size]]))
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def segment_ids_bound(segments: Sequence[Segment]) -> int:
+    """One past the largest image id in the segments (0 when empty)."""
+    return max((int(s.image_ids.max()) + 1 for s in segments if s.n_postings), default=0)
+
+
+# ---- the index ------------------------------------------------------------------------------
+
+
+class HEIndex:
+    """Flat codebook, Hamming embedding and an inverted file (immutable; ``add`` returns a new one).
+
+    Args:
+        centroids: ``(W, D)`` float32 codebook.
+        params: trained Hamming-embedding parameters for this codebook.
+        ivf: inverted file with payload ``sig`` (``(P,)`` uint64); empty when None.
+        n_images: images indexed (ids ``0..n_images-1``, images without features included).
+        ma: query-side multiple assignment (words per query descriptor).
+        ma_ratio: optional distance-ratio cutoff of the multiple assignment.
+        sigma: σ of the match weight ``exp(-h²/σ²)``.
+        max_h: largest Hamming distance that matches.
+        quantizer: nearest-word search over ``centroids`` (built when None; exact below 4096
+            words, a faiss IVF over the words above).
+    """
+
+    kind = "he"
+
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        params: HEParams,
+        ivf: InvertedFile | None = None,
+        n_images: int = 0,
+        *,
+        ma: int = 3,
+        ma_ratio: float | None = None,
+        sigma: float = SIGMA,
+        max_h: int = MAX_H,
+        quantizer: Quantizer | None = None,
+    ):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        # nearest-word search; shared by the indexes that adds derive from this one
+        self.quantizer = quantizer if quantizer is not None else Quantizer(self.centroids)
+        if self.centroids.ndim != 2 or self.centroids.shape[0] < 1:
+            raise InputError(f"codebook must be (W, D), got {self.centroids.shape}")
+        self.n_words, self.dim = (int(v) for v in self.centroids.shape)
+        if params.n_words != self.n_words or params.dim != self.dim:
+            raise InputError(
+                f"Hamming embedding for {params.n_words} words x {params.dim} dims does not match "
+                f"the codebook's {self.n_words} x {self.dim}"
+            )
+        if not 1 <= int(ma) <= self.n_words:
+            raise InputError(f"multiple assignment must be in [1, {self.n_words}], got {ma}")
+        self.params = params
+        self.ivf = ivf if ivf is not None else InvertedFile(self.n_words)
+        if self.ivf.n_words != self.n_words:
+            raise InputError(f"inverted file has {self.ivf.n_words} words, not {self.n_words}")
+        for seg in self.ivf.segments:
+            sig = seg.payload.get("sig")
+            if sig is None or sig.dtype != np.uint64 or sig.shape != (seg.n_postings,):
+                raise InputError("HE segment needs a (P,) uint64 payload 'sig'")
+        self.n_images = int(n_images)
+        if segment_ids_bound(self.ivf.segments) > self.n_images:
+            raise InputError(f"segments name image ids beyond n_images={self.n_images}")
+        self.ma, self.ma_ratio = int(ma), None if ma_ratio is None else float(ma_ratio)
+        self.sigma, self.max_h = float(sigma), int(max_h)
+        self._lut = he_weight(np.arange(65), self.sigma, self.max_h)
+        self._derive()
+
+    def _derive(self) -> None:
+        """idf per word and ‖d‖ per image, from all segments (two O(P) passes, no sort).
+
+        ``N_w`` equals ``self.ivf.document_frequency()`` (a test checks it) but is counted from
+        the (word, image) runs that the norms need anyway, which avoids a sort of all postings.
+        """
+        df = np.zeros(self.n_words, dtype=np.int64)
+        for seg in self.ivf.segments:  # two passes: runs are not kept (up to P entries)
+            df += np.bincount(word_image_runs(seg, self.n_words)[0], minlength=self.n_words)
+        n = max(self.n_images, 1)
+        self.idf = np.log(n / np.maximum(df, 1)) * (df > 0)
+        self._idf2 = self.idf**2
+        norm2 = np.zeros(self.n_images)
+        for seg in self.ivf.segments:
+            words, ids, counts = word_image_runs(seg, self.n_words)
+            w = self._idf2[words] * counts.astype(np.float64) ** 2
+            norm2 += np.bincount(ids, weights=w, minlength=self.n_images)
+        self.norms = np.sqrt(norm2)
+
+    def _options(self) -> dict[str, Any]:
+        return {"ma": self.ma, "ma_ratio": self.ma_ratio, "sigma": self.sigma, "max_h": self.max_h}
+
+    # -- training ------------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        descriptors: np.ndarray,
+        n_words: int,
+        *,
+        seed: int = 0,
+        niter: int = 20,
+        min_count: int = 8,
+        **options: Any,
+    ) -> HEIndex:
+        """Train the codebook (faiss k-means) and the HE parameters; returns an empty index.
+
+        Args:
+            descriptors: ``(N, D)`` training descriptors (ideally from independent images).
+            n_words: codebook size ``W``.
+            seed: k-means and projection seed.
+            niter: k-means iterations.
+            min_count: see :func:`delfx.index.hamming.train_he`.
+            **options: ``ma``, ``ma_ratio``, ``sigma``, ``max_h``.
+        """
+        centroids = train_flat(descriptors, n_words, niter=niter, seed=seed)
+        return cls.from_codebook(centroids, descriptors, seed=seed, min_count=min_count, **options)
+
+    @classmethod
+    def from_codebook(
+        cls,
+        centroids: np.ndarray,
+        descriptors: np.ndarray,
+        *,
+        seed: int = 0,
+        min_count: int = 8,
+        **options: Any,
+    ) -> HEIndex:
+        """An empty index on a given codebook, with HE trained on ``descriptors`` (``(N, D)``)."""
+        c = np.ascontiguousarray(centroids, dtype=np.float32)
+        quantizer = Quantizer(c)
+        words = assign(descriptors, quantizer)[:, 0]
+        params = train_he(descriptors, words, c.shape[0], seed=seed, min_count=min_count)
+        return cls(c, params, quantizer=quantizer, **options)
+
+    @classmethod
+    def build(
+        cls,
+        descriptor_lists: Sequence[np.ndarray],
+        n_words: int,
+        *,
+        train_descriptors: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> HEIndex:
+        """:meth:`train` on ``train_descriptors`` (default: all of them), then :meth:`add`."""
+        if train_descriptors is None:
+            train_descriptors = training_set(descriptor_lists)
+        return cls.train(train_descriptors, n_words, **kwargs).add(descriptor_lists)
+
+    # -- adding -------------------------------------------------------------------------------
+
+    def words(self, descriptors: np.ndarray) -> np.ndarray:
+        """``(N,)`` int64 nearest word of each ``(N, D)`` descriptor (as the database uses)."""
+        return assign(descriptors, self.quantizer)[:, 0]
+
+    def add(
+        self,
+        descriptor_lists: Sequence[np.ndarray],
+        image_ids: Sequence[int] | np.ndarray | None = None,
+    ) -> HEIndex:
+        """A new index with these images appended as one segment.
+
+        Args:
+            descriptor_lists: one ``(n_i, D)`` array per image (may be empty).
+            image_ids: must be ``n_images, n_images + 1, ...`` when given.
+
+        Returns:
+            The new index (this one is unchanged).
+        """
+        x, counts = stack_lists(descriptor_lists, self.dim)
+        check_new_ids(image_ids, self.n_images, counts.size)
+        words = self.words(x)
+        return self.add_encoded(words, signatures(x, words, self.params), counts)
+
+    def add_encoded(self, words: np.ndarray, sigs: np.ndarray, counts: np.ndarray) -> HEIndex:
+        """Append images given already quantised and signed descriptors.
+
+        Args:
+            words: ``(N,)`` word of each descriptor, images one after another.
+            sigs: ``(N,)`` uint64 signatures.
+            counts: ``(B,)`` descriptors per image (``sum == N``).
+        """
+        counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+        sigs = np.asarray(sigs).reshape(-1)
+        if sigs.dtype != np.uint64 or counts.sum() != sigs.size or (counts < 0).any():
+            raise InputError("add: need uint64 signatures and per-image counts summing to them")
+        ids = np.repeat(np.arange(self.n_images, self.n_images + counts.size), counts)
+        seg = build_segment(words, ids, self.n_words, {"sig": sigs})
+        logger.debug("HE: +%d images, %d postings", counts.size, seg.n_postings)
+        return type(self)(
+            self.centroids,
+            self.params,
+            self.ivf.add(seg),
+            self.n_images + counts.size,
+            quantizer=self.quantizer,
+            **self._options(),
+        )
+
+    # -- search -------------------------------------------------------------------------------
+
+    def encode_query(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Multiple assignment and signatures of a query.
+
+        Args:
+            descriptors: ``(N, D)`` (``N >= 1``).
+
+        Returns:
+            ``(M,)`` words and ``(M,)`` uint64 signatures, one per kept (descriptor, word) pair.
+        """
+        x = check_query(descriptors, self.dim)
+        rows, words = multi_assign(x, self.centroids, self.ma, self.ma_ratio, self.quantizer)
+        return words, signatures(x[rows], words, self.params)
+
+    def score_encoded(self, words: np.ndarray, sigs: np.ndarray) -> np.ndarray:
+        """``(n_images,)`` float64 scores of an encoded query (see the module docstring)."""
+        words = np.asarray(words, dtype=np.int64).reshape(-1)
+        sigs = np.asarray(sigs, dtype=np.uint64).reshape(-1)
+        if not self.ivf.segments or words.size == 0:
+            return np.zeros(self.n_images)
+        raw = np.zeros(self.n_images)
+        for part in word_chunks(self.ivf, words, max(1 << 20, 4 * self.n_images)):
+            hits = self.ivf.lookup(words[part], fields=("sig",))
+            h = np.bitwise_count(hits.payload["sig"] ^ sigs[part][hits.query_pos])
+            near = np.flatnonzero(h <= self.max_h)
+            w = self._lut[h[near]] * self._idf2[words[part][hits.query_pos[near]]]
+            raw += accumulate(hits.image_ids[near], w, self.n_images)
+        qnorm = np.sqrt(np.dot(self._idf2, np.bincount(words, minlength=self.n_words) ** 2.0))
+        denom = qnorm * self.norms
+        return np.divide(raw, denom, out=np.zeros_like(raw), where=denom > 0)
+
+    def score_all(self, descriptors: np.ndarray) -> np.ndarray:
+        """``(n_images,)`` float64 scores of a query's ``(N, D)`` descriptors."""
+        return self.score_encoded(*self.encode_query(descriptors))
+
+    def search(
+        self, descriptors: np.ndarray, top_k: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rank the database for a query.
+
+        Args:
+            descriptors: ``(N, D)`` query descriptors.
+            top_k: return only the best ``top_k`` (all images when None).
+
+        Returns:
+            ``(K,)`` int64 image ids and ``(K,)`` float64 scores, best first (ties: lower id).
+        """
+        return rank(self.score_all(descriptors), top_k)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def nbytes(self) -> int:
+        """Bytes held by the inverted file's segments."""
+        return self.ivf.nbytes()
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Segment]]:
+        """``(meta, arrays, segments)``: JSON-able settings, model arrays and the segments."""
+        meta = {"kind": self.kind, "n_words": self.n_words, "dim": self.dim}
+        meta.update(n_images=self.n_images, **self._options())
+        return meta, {"centroids": self.centroids, **self.params.state()}, list(self.ivf.segments)
+
+    @classmethod
+    def from_state(
+        cls,
+        meta: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray],
+        segments: Sequence[Segment],
+    ) -> HEIndex:
+        """Rebuild an index from :meth:`state`'s parts (derived idf and norms are recomputed)."""
+        if meta.get("kind") != cls.kind:
+            raise InputError(f"index kind {meta.get('kind')!r} is not {cls.kind!r}")
+        if "centroids" not in arrays:
+            raise InputError("HE index: missing array 'centroids'")
+        try:
+            opts = {k: meta[k] for k in ("ma", "ma_ratio", "sigma", "max_h")}
+            n_images = int(meta["n_images"])
+        except KeyError as exc:
+            raise InputError(f"HE index: missing setting {exc}") from None
+        centroids = np.asarray(arrays["centroids"])
+        ivf = InvertedFile(centroids.shape[0], segments)
+        return cls(centroids, HEParams.from_state(arrays), ivf, n_images, **opts)
