@@ -41,7 +41,7 @@ from delfx.verify.ransac import RansacConfig
 
 logger = logging.getLogger(__name__)
 
-MIN_UNRELATED = 20  # fewer unrelated images than this are too few to train a codebook
+MIN_UNRELATED = 10  # fewer unrelated images than this are too few to train a codebook
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ def _print(summary: dict, work: Path | None) -> None:
             f"  {_fmt(p['medium']['mP@k'][0])}"
         )
     print()
-    print("Baselines only: the retrieval pipelines (global CNN, local features) have not landed.")
+    print("sift-asmk: RootSIFT + ASMK* (codebook trained on distractor photos only); +svN: the")
+    print("top N verified with MAGSAC++. sift-voctree-seed: the seed's SIFT vocabulary tree,")
+    print("trained on the test database as the seed did. The global CNN and DELF pipelines have")
+    print("not landed yet.")
     if work is not None:
         print(f"Datasets and results JSON kept in {work}")
