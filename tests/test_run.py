@@ -203,6 +203,10 @@ def test_stage_commands_and_incremental_add(synth_root, tmp_path):
         )
         == 0
     )
+    for ranks in ("r.npz", "r2.npz"):  # search and rerank outputs both evaluate
+        argv = ["evaluate", "--root", str(synth_root), "--dataset", "tiny"]
+        argv += ["--ranks", str(tmp_path / ranks), "--output", str(tmp_path / "e.json")]
+        assert cli_main(argv) == 0
     # appending images gives the same index as building with all of them at once
     with FeatureReader(feats) as reader:
         names = reader.names("db/")

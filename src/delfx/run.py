@@ -156,6 +156,8 @@ def main(
     rerank_num: int | None = None,
     codebook_from: str | None = None,
     drop_junk: bool = False,
+    model: str | None = None,
+    matches: str | None = None,
     index_overrides: dict[str, Any] | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -171,6 +173,8 @@ def main(
         rerank_num: verify this many candidates per query (None: the pipeline's default).
         codebook_from: see the module docstring.
         drop_junk: drop the ground truth's junk images before choosing what to verify.
+        model: verification model (``homography``, ``fundamental``, ``affine``).
+        matches: tentative matches (``ratio``, ``words``, ``both``).
         index_overrides: replace index settings (e.g. ``{"n_words": 1024}`` for small data).
         workers: extraction processes and verification threads.
         progress: progress bars.
@@ -185,6 +189,10 @@ def main(
         pipe = replace(pipe, index=replace(pipe.index, **index_overrides))
     rconf = pipe.rerank if rerank_num is None else replace(pipe.rerank, rerank_num=rerank_num)
     rconf = replace(rconf, drop_junk=drop_junk, workers=workers or rconf.workers)
+    if model is not None:
+        rconf = replace(rconf, ransac=replace(rconf.ransac, model=model, min_inliers=None))
+    if matches is not None:
+        rconf = replace(rconf, matches=matches)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     run = _Run(Path(root), RetrievalDataset(root, dataset), work, workers, progress)

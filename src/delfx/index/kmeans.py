@@ -55,6 +55,7 @@ def train_flat(
             clustering_niter=niter,
             seed=seed,
             verbose=False,
+            min_points_per_centroid=1,  # small second-level clusters are expected: no warning
         )
         logger.debug("two-level k-means: %d words from %d descriptors", k, x.shape[0])
         return np.ascontiguousarray(centroids, dtype=np.float32)

@@ -1,9 +1,10 @@
-"""Rankings files: ``.npy`` matrices and plain-text ranked lists.
+"""Rankings files: ``.npy`` matrices, ``.npz`` search outputs and plain-text ranked lists.
 
-Text format: one line per query, in query order, holding whitespace-separated database indices
-or image names, best first. A line may start with ``<query name>:``; when every line does, lines
-are matched to queries by name, in any order. Blank lines and lines starting with ``#`` are
-ignored.
+``.npz`` files written by ``delfx search`` and ``delfx rerank`` hold a ``ranks`` array
+(``n_q x k``). Text format: one line per query, in query order, holding whitespace-separated
+database indices or image names, best first. A line may start with ``<query name>:``; when
+every line does, lines are matched to queries by name, in any order. Blank lines and lines
+starting with ``#`` are ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def load_rankings(
     """Read a rankings file into one index array per query.
 
     Args:
-        path: ``.npy`` (``n_db x n_q`` or ``n_q x k``) or a text file.
+        path: ``.npy`` (``n_db x n_q`` or ``n_q x k``), ``.npz`` with ``ranks``, or text.
         images: database image names (``imlist``).
         queries: query names (``qimlist``).
         layout: for ``.npy``: ``auto``, ``db-by-query`` or ``query-by-k``.
@@ -41,6 +42,15 @@ def load_rankings(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: rankings file not found")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "ranks" not in data.files:
+                    raise InputError(f"{path}: no 'ranks' array (files: {', '.join(data.files)})")
+                mat = data["ranks"]
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+        return split_matrix(mat, len(images), len(queries), str(path), "query-by-k")
     if path.suffix == ".npy":
         try:
             mat = np.load(path, allow_pickle=False)
