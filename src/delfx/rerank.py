@@ -40,6 +40,8 @@ class RerankConfig:
         ransac: the model, estimator and thresholds.
         drop_junk: drop the ground truth's junk images before taking the shortlist.
         workers: verification threads.
+        max_features: verify with at most this many features per image, the strongest by
+            detector score (None: all).
     """
 
     rerank_num: int = 100
@@ -48,6 +50,7 @@ class RerankConfig:
     ransac: RansacConfig = field(default_factory=RansacConfig)
     drop_junk: bool = False
     workers: int = 2
+    max_features: int | None = 1000
 
     def __post_init__(self) -> None:
         if self.matches not in MATCHES:
@@ -118,8 +121,9 @@ def rerank_all(
         if cand.size == 0:
             out.append(ranks[q])
             continue
-        query = reader.get(qname)
-        feats = [reader.get(db_names[i]) for i in cand]  # read here: h5py is not thread-parallel
+        query = _strongest(reader.get(qname), conf.max_features)
+        # read here, not in the threads: h5py serialises access anyway
+        feats = [_strongest(reader.get(db_names[i]), conf.max_features) for i in cand]
         inl = verify_candidates(
             query, feats, conf.ransac, matches_fn=matches_fn, workers=conf.workers, ratio=conf.ratio
         )
@@ -128,6 +132,13 @@ def rerank_all(
         out.append(merge(ranks[q], cand[order]))
         all_inliers[q, : inl.size] = inl[order]
     return np.stack(out), all_inliers
+
+
+def _strongest(feats: LocalFeatures, n: int | None) -> LocalFeatures:
+    """The ``n`` features with the highest score (all when ``n`` is None or not exceeded)."""
+    if n is None or len(feats) <= n:
+        return feats
+    return feats.subset(np.sort(np.argsort(-feats.scores, kind="stable")[:n]))
 
 
 def _scores_of(ranked: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
