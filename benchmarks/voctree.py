@@ -1,15 +1,17 @@
 """Vocabulary tree and TF-IDF index: speed against a seed-style pure-Python reference, and scale.
 
-Descriptors are synthetic and SIFT-like (no feature store is read): a mixture of 2000 Gaussians
-in 128-d, clipped at zero and scaled to L2 norm 512. Three tables:
+Descriptors are synthetic and SIFT-like: a mixture of 2000 Gaussians in 128-d, clipped at zero
+and scaled to L2 norm 512; ``--store`` adds a row for the real descriptors of a delfx feature
+store (table 1 only). Three tables:
 
-1. ``delfx`` tree (branch 10, height 6) trained on ``--n`` descriptors, and quantisation of them.
+1. ``delfx`` tree (branch 10, height 6) trained on 1M descriptors (100k with ``--quick``), and
+   quantisation of them.
 2. The seed's way (per-node sklearn ``MiniBatchKMeans``, a Python descent per descriptor, a Python
    loop over database images per query) against ``delfx`` on the same subsample.
 3. Indexes of 10k and 100k images with 1000 features each, made from uniformly random leaf ids
    (not from quantised descriptors, to save time): memory per image and query latency.
 
-    .venv/bin/python benchmarks/voctree.py [--quick] [--sections tree naive scale]
+    .venv/bin/python benchmarks/voctree.py [--quick] [--sections tree naive scale] [--store F.h5]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import platform
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -177,26 +180,46 @@ def leaf_paths(tree: VocabTree, leaves: np.ndarray) -> list[list[int]]:
 # ----------------------------------------------------------------------------- sections
 
 
-def section_tree(n: int, rng: np.random.Generator) -> dict:
-    x = sift_like(n, rng)
-    tree, t_build = timed(train_tree, x, BRANCH, HEIGHT, seed=0)
-    paths, t_quant = timed(quantize, tree, x)
-    leaves = np.bincount(paths[:, -1] - level_start(BRANCH, HEIGHT))
-    table(
-        f"1. delfx vocabulary tree, branch {BRANCH}, height {HEIGHT}: wall s (CPU s)",
-        ["descriptors", "build", "quantise all", "M desc/s (wall)", "leaves used", "max/leaf"],
-        [
+def section_tree(n: int, rng: np.random.Generator, store: Path | None) -> dict:
+    sets = [("synthetic SIFT-like", sift_like(n, rng))]
+    if store is not None:
+        from delfx.io.featurestore import FeatureReader, load_descriptors
+
+        with FeatureReader(store) as reader:
+            real = load_descriptors(reader)[0][:n]
+        sets.append((f"real, {store.name}", real))
+    rows, big = [], {}
+    for label, x in sets:
+        tree, t_build = timed(train_tree, x, BRANCH, HEIGHT, seed=0)
+        paths, t_quant = timed(quantize, tree, x)
+        leaves = np.bincount(paths[:, -1] - level_start(BRANCH, HEIGHT))
+        rows.append(
             [
-                f"{n:,}",
+                label,
+                f"{len(x):,} x {x.shape[1]}",
                 fmt(t_build),
                 fmt(t_quant, 2),
-                f"{n / t_quant[0] / 1e6:.2f}",
+                f"{len(x) / t_quant[0] / 1e6:.2f}",
                 f"{(leaves > 0).sum():,}",
                 f"{leaves.max()}",
             ]
+        )
+        if not big:
+            big = {"tree": tree, "x": x, "paths": paths, "build": t_build, "quant": t_quant}
+    table(
+        f"1. delfx vocabulary tree, branch {BRANCH}, height {HEIGHT}: wall s (CPU s)",
+        [
+            "descriptors",
+            "N x D",
+            "build",
+            "quantise all",
+            "M desc/s (wall)",
+            "leaves used",
+            "max/leaf",
         ],
+        rows,
     )
-    return {"tree": tree, "x": x, "paths": paths, "build": t_build, "quant": t_quant}
+    return big
 
 
 def section_naive(
@@ -351,7 +374,7 @@ def section_scale(
     )
     print(
         f"\nquantising a query's {n_feat} descriptors adds {fmt(t_qq, 1, 1e3)} ms. Bytes/img: "
-        "postings (int64 image id + int32 tf), the per-segment word offsets and the derived "
+        "postings (uint32 image id + uint16 tf: 6 B), the per-segment word offsets and the derived "
         "idf and norms; the tree's centroids are not counted."
     )
 
@@ -367,6 +390,9 @@ def main() -> None:
     )
     ap.add_argument("--min-levels", type=int, nargs="+", default=[1, 4], help="scale run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--store", type=Path, help="delfx HDF5 feature store: table 1 also on its descriptors"
+    )
     args = ap.parse_args()
     q = args.quick
     n, naive_n, naive_quant = (100_000, 10_000, 5_000) if q else (1_000_000, 50_000, 20_000)
@@ -382,7 +408,7 @@ def main() -> None:
     print("descriptors: synthetic SIFT-like (2000-mode Gaussian mixture, 128-d, clipped, norm 512)")
     tree, big = None, None
     if "tree" in args.sections:
-        big = section_tree(n, rng)
+        big = section_tree(n, rng, args.store)
         tree = big["tree"]
     if "naive" in args.sections:
         section_naive(naive_n, naive_quant, naive_db, naive_queries, rng, big)

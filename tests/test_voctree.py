@@ -310,3 +310,15 @@ def test_first_equal_sibling_against_loops() -> None:
     source = np.tile(np.arange(5) % 2, (300, 1))
     source[:, :2] = [0, 1]
     np.testing.assert_array_equal(first_equal_sibling(hinted, source), first_equal_sibling(hinted))
+
+
+def test_large_counts_and_mixed_tf_dtypes() -> None:
+    tree = random_tree(3, 2, 4)
+    big = TreeIndex(tree).add_leaves([np.zeros(70_000, np.int64), np.array([1, 2, 8])])
+    more = big.add_leaves([np.array([3, 4, 0]), np.array([5])])
+    assert [s.payload["tf"].dtype for s in more.inverted.segments] == [np.int32, np.uint16]
+    assert more.inverted.segments[0].payload["tf"].max() == 70_000
+    q = np.array([0, 0, 3])
+    merged = TreeIndex.from_state(*more.state(), more.inverted.compact().segments)
+    np.testing.assert_array_equal(merged.scores_from_leaves(q), more.scores_from_leaves(q))
+    assert more.search_leaves(q, top_k=1)[0][0] == 2

@@ -23,7 +23,8 @@ ranking by decreasing ``s``, and ``s`` only needs the inverted lists of the quer
 ``s`` lies in ``[0, 1]`` (1 for identical bags).
 
 Storage and adds. The inverted file (:class:`delfx.index.invfile.InvertedFile`) holds one posting
-per (word, image) pair with payload ``tf`` (int32 counts), never weights: idf and the per-image
+per (word, image) pair with payload ``tf`` (counts: uint16, or int32 in a segment where a count
+reaches 65536), never weights: idf and the per-image
 norms are derived state, recomputed (vectorised over all postings) the first time an index is
 scored. :meth:`TreeIndex.add` appends one segment and returns a new index whose derived state is
 computed afresh from all postings, so its scores are those of an index built from scratch on all
@@ -235,8 +236,9 @@ class TreeIndex:
         if ids.size == 0:
             return self
         words, images, tf = self._postings(leaf_lists, ids)
+        tf = tf.astype(np.uint16 if tf.size == 0 or tf.max() < 1 << 16 else np.int32)
         # already sorted by word: build_segment's stable sort finds a single run
-        segment = build_segment(words, images, self.n_words, {"tf": tf.astype(np.int32)})
+        segment = build_segment(words, images, self.n_words, {"tf": tf})
         new = copy.copy(self)
         new.inverted = self.inverted.add(segment)
         new.n_images = max(self.n_images, int(ids.max()) + 1)
