@@ -68,7 +68,7 @@ def _matcher(
     def fn(q: LocalFeatures, d: LocalFeatures) -> np.ndarray:
         parts = []
         if conf.matches in ("ratio", "both"):
-            parts.append(ratio_matches(q.descriptors, d.descriptors, conf.ratio))
+            parts.append(ratio_matches(q.descriptors, d.descriptors, conf.ratio, one_to_one=True))
         if conf.matches in ("words", "both"):
             parts.append(word_matches(words_fn(q.descriptors), words_fn(d.descriptors)))
         return combine(*parts) if len(parts) > 1 else parts[0]
