@@ -23,8 +23,8 @@ from delfx.index.hamming import (
     signatures,
     train_he,
 )
-from delfx.index.he import HEIndex, rank, word_chunks, word_image_runs
-from delfx.index.invfile import build_segment
+from delfx.index.he import HEIndex, rank
+from delfx.index.invfile import build_segment, word_chunks, word_image_runs
 from delfx.index.storage import IndexDir
 
 D, W = 24, 10

@@ -38,12 +38,17 @@ from delfx.index.he import (
     check_query,
     multi_assign,
     rank,
-    segment_ids_bound,
     stack_lists,
     training_set,
+)
+from delfx.index.invfile import (
+    InvertedFile,
+    Segment,
+    accumulate,
+    build_segment,
+    segment_ids_bound,
     word_chunks,
 )
-from delfx.index.invfile import InvertedFile, Segment, accumulate, build_segment
 from delfx.index.kmeans import Quantizer, assign, train_flat
 
 logger = logging.getLogger(__name__)
