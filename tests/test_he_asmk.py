@@ -13,6 +13,7 @@ import delfx.index.asmk as asmk_mod
 import delfx.index.he as he_mod
 from delfx.errors import InputError
 from delfx.index.asmk import ASMKIndex, selectivity
+from delfx.index.flat import rank
 from delfx.index.hamming import (
     N_BITS,
     HEParams,
@@ -23,7 +24,7 @@ from delfx.index.hamming import (
     signatures,
     train_he,
 )
-from delfx.index.he import HEIndex, rank
+from delfx.index.he import HEIndex
 from delfx.index.invfile import build_segment, word_chunks, word_image_runs
 from delfx.index.storage import IndexDir
 

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from delfx.errors import InputError
+from delfx.index.flat import FlatCodebookIndex
 from delfx.index.hamming import pack_bits, random_projection
 from delfx.index.he import (
     check_new_ids,
     check_query,
     multi_assign,
-    rank,
     stack_lists,
     training_set,
 )
@@ -49,7 +49,7 @@ from delfx.index.invfile import (
     segment_ids_bound,
     word_chunks,
 )
-from delfx.index.kmeans import Quantizer, assign, train_flat
+from delfx.index.kmeans import Quantizer, train_flat
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def selectivity(u: np.ndarray, alpha: float = 3.0, tau: float = 0.0) -> np.ndarr
     return np.where(u > tau, np.sign(u) * np.abs(u) ** alpha, 0.0)
 
 
-class ASMKIndex:
+class ASMKIndex(FlatCodebookIndex):
     """Binary ASMK* over a flat codebook (immutable; ``add`` returns a new index).
 
     Args:
@@ -186,10 +186,6 @@ class ASMKIndex:
 
     # -- aggregation ---------------------------------------------------------------------------
 
-    def words(self, descriptors: np.ndarray) -> np.ndarray:
-        """``(N,)`` int64 nearest word of each ``(N, D)`` descriptor (as the database uses)."""
-        return assign(descriptors, self.quantizer)[:, 0]
-
     def aggregate(
         self, x: np.ndarray, group: np.ndarray, words: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -306,29 +302,7 @@ class ASMKIndex:
             raw += accumulate(hits.image_ids, self._lut[h], self.n_images)
         return raw * self.gamma / np.sqrt(words.size)
 
-    def score_all(self, descriptors: np.ndarray) -> np.ndarray:
-        """``(n_images,)`` float64 scores of a query's ``(N, D)`` descriptors."""
-        return self.score_encoded(*self.encode_query(descriptors))
-
-    def search(
-        self, descriptors: np.ndarray, top_k: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rank the database for a query.
-
-        Args:
-            descriptors: ``(N, D)`` query descriptors.
-            top_k: return only the best ``top_k`` (all images when None).
-
-        Returns:
-            ``(K,)`` int64 image ids and ``(K,)`` float64 scores, best first (ties: lower id).
-        """
-        return rank(self.score_all(descriptors), top_k)
-
     # -- state --------------------------------------------------------------------------------
-
-    def nbytes(self) -> int:
-        """Bytes held by the inverted file's segments."""
-        return self.ivf.nbytes()
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Segment]]:
         """``(meta, arrays, segments)``: JSON-able settings, model arrays and the segments."""

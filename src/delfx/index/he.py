@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from delfx.errors import InputError
+from delfx.index.flat import FlatCodebookIndex
 from delfx.index.hamming import MAX_H, SIGMA, HEParams, he_weight, signatures, train_he
 from delfx.index.invfile import (
     InvertedFile,
@@ -139,22 +140,7 @@ def multi_assign(
     return rows, words
 
 
-def rank(scores: np.ndarray, top_k: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and scores by decreasing score, ties by increasing id; the first ``top_k`` only."""
-    n = scores.size
-    k = n if top_k is None else max(0, min(int(top_k), n))
-    if k < n:
-        kth = np.partition(scores, n - k)[n - k]
-        above = np.flatnonzero(scores > kth)
-        ties = np.flatnonzero(scores == kth)[: k - above.size]
-        cand = np.concatenate([above, ties])
-    else:
-        cand = np.arange(n)
-    order = cand[np.lexsort((cand, -scores[cand]))]
-    return order.astype(np.int64), scores[order]
-
-
-class HEIndex:
+class HEIndex(FlatCodebookIndex):
     """Flat codebook, Hamming embedding and an inverted file (immutable; ``add`` returns a new one).
 
     Args:
@@ -295,10 +281,6 @@ class HEIndex:
 
     # -- adding -------------------------------------------------------------------------------
 
-    def words(self, descriptors: np.ndarray) -> np.ndarray:
-        """``(N,)`` int64 nearest word of each ``(N, D)`` descriptor (as the database uses)."""
-        return assign(descriptors, self.quantizer)[:, 0]
-
     def add(
         self,
         descriptor_lists: Sequence[np.ndarray],
@@ -374,29 +356,7 @@ class HEIndex:
         denom = qnorm * self.norms
         return np.divide(raw, denom, out=np.zeros_like(raw), where=denom > 0)
 
-    def score_all(self, descriptors: np.ndarray) -> np.ndarray:
-        """``(n_images,)`` float64 scores of a query's ``(N, D)`` descriptors."""
-        return self.score_encoded(*self.encode_query(descriptors))
-
-    def search(
-        self, descriptors: np.ndarray, top_k: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rank the database for a query.
-
-        Args:
-            descriptors: ``(N, D)`` query descriptors.
-            top_k: return only the best ``top_k`` (all images when None).
-
-        Returns:
-            ``(K,)`` int64 image ids and ``(K,)`` float64 scores, best first (ties: lower id).
-        """
-        return rank(self.score_all(descriptors), top_k)
-
     # -- state --------------------------------------------------------------------------------
-
-    def nbytes(self) -> int:
-        """Bytes held by the inverted file's segments."""
-        return self.ivf.nbytes()
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], list[Segment]]:
         """``(meta, arrays, segments)``: JSON-able settings, model arrays and the segments."""

@@ -1,0 +1,71 @@
+"""What the indexes over a flat codebook (Hamming embedding, ASMK*) have in common.
+
+Subclasses hold ``centroids`` (``W x D``), a :class:`~delfx.index.kmeans.Quantizer` over them
+and an inverted file ``ivf``, and implement ``encode_query`` and ``score_encoded``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from delfx.index.invfile import InvertedFile
+from delfx.index.kmeans import Quantizer, assign
+
+
+def rank(scores: np.ndarray, top_k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and scores by decreasing score, ties by increasing id; the first ``top_k`` only."""
+    n = scores.size
+    k = n if top_k is None else max(0, min(int(top_k), n))
+    if k < n:
+        kth = np.partition(scores, n - k)[n - k]
+        above = np.flatnonzero(scores > kth)
+        ties = np.flatnonzero(scores == kth)[: k - above.size]
+        cand = np.concatenate([above, ties])
+    else:
+        cand = np.arange(n)
+    order = cand[np.lexsort((cand, -scores[cand]))]
+    return order.astype(np.int64), scores[order]
+
+
+class FlatCodebookIndex:
+    """Shared query-side methods of :class:`~delfx.index.he.HEIndex` and ASMK*."""
+
+    centroids: np.ndarray
+    quantizer: Quantizer
+    ivf: InvertedFile
+
+    def encode_query(self, descriptors: np.ndarray) -> tuple[Any, ...]:
+        """The query's words and payload, ready for :meth:`score_encoded`."""
+        raise NotImplementedError
+
+    def score_encoded(self, *encoded: Any) -> np.ndarray:
+        """``(n_images,)`` float64 scores of an encoded query."""
+        raise NotImplementedError
+
+    def words(self, descriptors: np.ndarray) -> np.ndarray:
+        """``(N,)`` int64 nearest word of each ``(N, D)`` descriptor (as the database uses)."""
+        return assign(descriptors, self.quantizer)[:, 0]
+
+    def score_all(self, descriptors: np.ndarray) -> np.ndarray:
+        """``(n_images,)`` float64 scores of a query's ``(N, D)`` descriptors."""
+        return self.score_encoded(*self.encode_query(descriptors))
+
+    def search(
+        self, descriptors: np.ndarray, top_k: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rank the database for a query.
+
+        Args:
+            descriptors: ``(N, D)`` query descriptors.
+            top_k: return only the best ``top_k`` (all images when None).
+
+        Returns:
+            ``(K,)`` int64 image ids and ``(K,)`` float64 scores, best first (ties: lower id).
+        """
+        return rank(self.score_all(descriptors), top_k)
+
+    def nbytes(self) -> int:
+        """Bytes held by the inverted file's segments."""
+        return self.ivf.nbytes()
