@@ -271,9 +271,5 @@ def main(
             "rerank": {**asdict(rconf), "ransac": asdict(rconf.ransac)},
         },
         codebook=manifest.get("train_source"),
-        index_bytes_per_image=_index_bytes(index) / max(index.n_images, 1),
+        index_bytes_per_image=index.nbytes() / max(index.n_images, 1),
     )
-
-
-def _index_bytes(index: Any) -> float:
-    return float(index.nbytes()) if hasattr(index, "nbytes") else float("nan")

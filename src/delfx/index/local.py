@@ -37,6 +37,8 @@ class LocalIndex(Protocol):
 
     def words(self, descriptors: np.ndarray) -> np.ndarray: ...
 
+    def nbytes(self) -> int: ...
+
 
 @dataclass(frozen=True)
 class IndexConfig:
