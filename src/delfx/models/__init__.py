@@ -1,0 +1,1 @@
+"""Building blocks of the global CNN descriptor: pooling layers and descriptor whitening."""

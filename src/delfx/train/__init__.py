@@ -1,0 +1,1 @@
+"""Building blocks for fine-tuning the global descriptor: tuple losses and hard-negative mining."""
