@@ -8,10 +8,11 @@ from delfx.cli import add_subcommand
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``extract`` and its subcommands (``sift`` for now)."""
+    """Add ``extract`` and its subcommands (``sift`` and ``global``)."""
     parser = add_subcommand(subparsers, "extract", "extract features into a feature file")
     extract_sub = parser.add_subparsers(dest="extract_command", metavar="EXTRACTOR")
     _register_sift(extract_sub)
+    _register_global(extract_sub)
 
 
 def _register_sift(subparsers: argparse._SubParsersAction) -> None:
@@ -55,6 +56,52 @@ def _run_sift(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
         overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _register_global(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_subcommand(
+        subparsers, "global", "global CNN descriptors (GeM etc.) of a dataset's images and queries"
+    )
+    parser.add_argument("--root", required=True, help="datasets root")
+    parser.add_argument("--dataset", required=True, help="dataset name under --root")
+    parser.add_argument("--model", required=True, help="checkpoint file or architecture name")
+    parser.add_argument("--out", required=True, metavar="FILE", help="descriptor file (.h5)")
+    parser.add_argument(
+        "--pretrained", default="none", help="backbone weights: imagenet, none or a .pth PATH"
+    )
+    parser.add_argument("--pool", default="gem", help="pooling for an architecture name")
+    parser.add_argument("--image-size", type=int, default=1024, help="longer image side (px)")
+    parser.add_argument(
+        "--multiscale", default="1", metavar="S,S,...", help="scales, e.g. 1,0.707,0.5"
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda:N")
+    parser.set_defaults(func=_run_global, _parser=parser)
+
+
+def _run_global(args: argparse.Namespace) -> int:
+    from delfx import extract_global
+
+    try:
+        scales = tuple(float(s) for s in args.multiscale.split(",") if s.strip())
+    except ValueError:
+        args._parser.error(f"--multiscale: expected comma-separated numbers, got {args.multiscale}")
+    conf = extract_global.GlobalExtractConfig(
+        image_size=args.image_size, scales=scales, batch_size=args.batch_size
+    )
+    out = extract_global.main(
+        conf,
+        args.out,
+        root=args.root,
+        dataset=args.dataset,
+        model=args.model,
+        pretrained=args.pretrained,
+        pooling=args.pool,
+        device=args.device,
+        progress=not args.quiet,
     )
     print(f"wrote {out}")
     return 0

@@ -1,0 +1,230 @@
+"""The global CNN descriptor network (cirtorch style): conv trunk, pooling, whitening, L2n.
+
+An image batch ``B x 3 x H x W`` (normalised with ``meta["mean"]``/``meta["std"]``) goes through the
+convolutional trunk of a torchvision backbone (no classifier, no global average pool), a pooling
+layer from :data:`~delfx.models.pooling.POOLINGS`, L2 normalisation, an optional whitening
+``nn.Linear`` and a final L2 normalisation, giving ``B x D`` unit vectors.
+
+Checkpoints are ``torch.save`` of ``{"meta": dict, "state_dict": dict of tensors}`` (plus an
+optional plain ``"extra"`` dict), read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from delfx.errors import InputError
+from delfx.io import atomic
+from delfx.models.pooling import POOLINGS, GeM, l2n
+from delfx.models.weights import resolve_backbone
+
+logger = logging.getLogger(__name__)
+
+#: Supported backbones and the channel count of their trunk's output.
+ARCHS: dict[str, int] = {
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "resnet152": 2048,
+    "vgg16": 512,
+    "densenet121": 1024,
+}
+
+#: ImageNet normalisation of torchvision backbones.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_META_KEYS = ("architecture", "pooling", "whitening")
+
+
+def _trunk(arch: str, model: nn.Module) -> nn.Module:
+    """The convolutional part of a torchvision classifier, as cirtorch cuts it."""
+    if arch.startswith("resnet"):
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        return nn.Sequential(*(getattr(model, n) for n in names))
+    if arch == "vgg16":
+        return nn.Sequential(*list(model.features.children())[:-1])  # drop the last max-pool
+    if arch == "densenet121":
+        return nn.Sequential(*model.features.children(), nn.ReLU(inplace=True))
+    raise InputError(f"unknown architecture '{arch}' (expected one of {', '.join(ARCHS)})")
+
+
+class GlobalNet(nn.Module):
+    """Trunk + pooling + optional whitening, with L2-normalised output.
+
+    Args:
+        arch: one of :data:`ARCHS`.
+        trunk: the convolutional feature extractor (``B x 3 x H x W`` -> ``B x C x h x w``).
+        pooling: a key of :data:`POOLINGS`.
+        pool: the pooling module.
+        whitening_dim: output dimension of the whitening layer, or None for no whitening.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        trunk: nn.Module,
+        pooling: str,
+        pool: nn.Module,
+        whitening_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.pooling = pooling
+        self.trunk = trunk
+        self.pool = pool
+        channels = ARCHS[arch]
+        self.whiten = nn.Linear(channels, whitening_dim, bias=True) if whitening_dim else None
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+
+    @property
+    def outputdim(self) -> int:
+        """Dimension ``D`` of the descriptor."""
+        return self.whiten.out_features if self.whiten is not None else ARCHS[self.arch]
+
+    @property
+    def gem_p(self) -> float | None:
+        """The current GeM exponent, or None for another pooling."""
+        if isinstance(self.pool, GeM):
+            return float(self.pool.p.detach().reshape(-1)[0])
+        return None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Plain description of the network, stored with checkpoints and descriptor files."""
+        return {
+            "architecture": self.arch,
+            "pooling": self.pooling,
+            "outputdim": self.outputdim,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "whitening": self.whiten.out_features if self.whiten is not None else None,
+            "p": self.gem_p,
+        }
+
+    def features(self, x: Tensor) -> Tensor:
+        """The trunk's feature map.
+
+        Shape:
+            ``B x 3 x H x W`` -> ``B x C x h x w``, with ``h, w`` about ``H/32, W/32``
+            (``H/16, W/16`` for vgg16).
+        """
+        return self.trunk(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Global descriptors.
+
+        Shape:
+            ``B x 3 x H x W`` -> ``B x D``, unit rows.
+        """
+        v = l2n(self.pool(self.features(x)))
+        if self.whiten is not None:
+            v = l2n(self.whiten(v))
+        return v
+
+
+def create(
+    arch: str,
+    pooling: str = "gem",
+    pretrained: str = "none",
+    whitening_dim: int | None = None,
+    *,
+    p: float = 3.0,
+) -> GlobalNet:
+    """Build a :class:`GlobalNet` on the CPU.
+
+    Args:
+        arch: one of :data:`ARCHS`.
+        pooling: a key of :data:`POOLINGS` (``mac``, ``spoc``, ``gem``, ``rmac``).
+        pretrained: ``"none"``, ``"imagenet"`` or a state-dict path (see
+            :func:`~delfx.models.weights.resolve_backbone`).
+        whitening_dim: add a whitening ``nn.Linear`` ``C -> whitening_dim`` (initialised to
+            identity-like; load a learned one with ``linear_from_whitening``).
+        p: initial GeM exponent (GeM only).
+
+    Raises:
+        InputError: unknown architecture or pooling, bad whitening dimension, or weights trouble.
+    """
+    if arch not in ARCHS:
+        raise InputError(f"unknown architecture '{arch}' (expected one of {', '.join(ARCHS)})")
+    if pooling not in POOLINGS:
+        raise InputError(f"unknown pooling '{pooling}' (expected one of {', '.join(POOLINGS)})")
+    if whitening_dim is not None and not 1 <= int(whitening_dim) <= ARCHS[arch]:
+        raise InputError(f"whitening dimension must be in 1..{ARCHS[arch]}, got {whitening_dim}")
+    backbone = resolve_backbone(arch, pretrained)
+    pool = POOLINGS[pooling](p=p) if pooling == "gem" else POOLINGS[pooling]()
+    net = GlobalNet(arch, _trunk(arch, backbone), pooling, pool, whitening_dim)
+    if net.whiten is not None:
+        with torch.no_grad():
+            net.whiten.weight.copy_(torch.eye(net.whiten.out_features, ARCHS[arch]))
+            net.whiten.bias.zero_()
+    return net
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], net: GlobalNet, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``{"meta", "state_dict"[, "extra"]}`` atomically (temporary file, then rename).
+
+    ``extra`` must hold only plain values (numbers, strings, lists, dicts, tensors).
+    """
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    payload: dict[str, Any] = {"meta": net.meta, "state_dict": state}
+    if extra is not None:
+        payload["extra"] = extra
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic.write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> GlobalNet:
+    """Rebuild a :class:`GlobalNet` from :func:`save_checkpoint` output, in eval mode on ``device``.
+
+    Raises:
+        InputError: the file is missing, unreadable, lacks ``meta``/``state_dict`` keys, names an
+            unknown architecture, or its weights do not fit; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict) or "meta" not in ckpt or "state_dict" not in ckpt:
+        raise InputError(f"{path}: not a delfx checkpoint (needs 'meta' and 'state_dict' keys)")
+    meta = ckpt["meta"]
+    missing = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise InputError(f"{path}: checkpoint meta lacks {', '.join(missing)}")
+    if meta["architecture"] not in ARCHS:
+        raise InputError(f"{path}: unknown architecture '{meta['architecture']}'")
+    try:
+        net = create(
+            meta["architecture"],
+            meta["pooling"],
+            "none",
+            meta["whitening"],
+            p=float(meta.get("p") or 3.0),
+        )
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    try:
+        net.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, TypeError) as exc:
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
+        raise InputError(f"{path}: weights do not fit the network: {detail}") from None
+    if "mean" in meta and "std" in meta:
+        net.mean = tuple(float(v) for v in meta["mean"])
+        net.std = tuple(float(v) for v in meta["std"])
+    logger.debug("%s: loaded %s", path, meta)
+    return net.to(torch.device(device)).eval()
