@@ -327,3 +327,16 @@ def test_bad_input_leaves_index_intact(synth_root, tmp_path):
     index, loaded, _ = build_index.load(idx)
     assert loaded == names[:20] and index.n_images == 20
     del h5py
+
+
+def test_run_with_fundamental_model_and_word_matches(synth_root, tmp_path):
+    out = tmp_path / "res.json"
+    argv = ["run", "sift-asmk", "--root", str(synth_root), "--dataset", "tiny", "--work"]
+    argv += [str(tmp_path), "--output", str(out), "--rerank-num", "10", "--codebook-from"]
+    argv += ["database", "--ransac-model", "fundamental", "--matches", "both", "--drop-junk"]
+    assert cli_main(argv + SMALL) == 0
+    res = json.loads(out.read_text())
+    rerank = res["pipeline"]["rerank"]
+    assert rerank["ransac"]["model"] == "fundamental" and rerank["matches"] == "both"
+    assert rerank["drop_junk"] is True and rerank["ransac"]["min_inliers"] == 30
+    assert res["protocols"]["medium"]["mAP"] > 50  # same floor as above

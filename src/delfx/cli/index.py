@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--output", required=True, metavar="R2.npz")
     r.add_argument("--rerank-num", type=int, default=100)
     r.add_argument("--matches", choices=rerank.MATCHES, default="ratio")
-    r.add_argument("--model", choices=("homography", "fundamental", "affine"), default="homography")
+    r.add_argument(
+        "--ransac-model", choices=("homography", "fundamental", "affine"), default="homography"
+    )
     r.add_argument("--threshold", type=float, default=4.0, help="inlier threshold in pixels")
     r.add_argument("--drop-junk", action="store_true", help="needs --root and --dataset")
     r.add_argument("--root")
@@ -101,7 +103,7 @@ def _rerank(args: argparse.Namespace) -> int:
         rerank_num=args.rerank_num,
         matches=args.matches,
         drop_junk=args.drop_junk,
-        ransac=RansacConfig(args.model, threshold=args.threshold),
+        ransac=RansacConfig(args.ransac_model, threshold=args.threshold),
     )
     out = rerank.main(
         conf,

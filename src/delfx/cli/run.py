@@ -41,6 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="drop the ground truth's junk images before choosing what to verify",
     )
+    parser.add_argument(
+        "--ransac-model",
+        choices=("homography", "fundamental", "affine"),
+        help="model fitted in spatial verification (default: homography)",
+    )
+    parser.add_argument(
+        "--matches",
+        choices=("ratio", "words", "both"),
+        help="tentative matches for verification (default: ratio test)",
+    )
     parser.add_argument("--tree-branch", type=int, help="vocabulary tree branching factor")
     parser.add_argument("--tree-height", type=int, help="vocabulary tree height")
     parser.add_argument("--codebook-size", type=int, help="flat codebook words (HE, ASMK)")
@@ -68,6 +78,8 @@ def _run(args: argparse.Namespace) -> int:
         rerank_num=args.rerank_num,
         codebook_from=args.codebook_from,
         drop_junk=args.drop_junk,
+        model=args.ransac_model,
+        matches=args.matches,
         index_overrides=overrides or None,
         workers=args.workers,
         progress=not args.no_progress,
