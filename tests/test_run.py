@@ -340,3 +340,19 @@ def test_run_with_fundamental_model_and_word_matches(synth_root, tmp_path):
     assert rerank["ransac"]["model"] == "fundamental" and rerank["matches"] == "both"
     assert rerank["drop_junk"] is True and rerank["ransac"]["min_inliers"] == 30
     assert res["protocols"]["medium"]["mAP"] > 50  # same floor as above
+
+
+@pytest.mark.parametrize("pipeline", ["global-gem", "global-gem-whiten"])
+def test_global_pipelines_run(synth_root, tmp_path, pipeline, capsys):
+    """A random-weight ResNet18 runs end to end; it must beat chance (about 15 mAP here)."""
+    out = tmp_path / "res.json"
+    argv = ["run", pipeline, "--root", str(synth_root), "--dataset", "tiny", "--work"]
+    argv += [str(tmp_path), "--output", str(out), "--model", "resnet18", "--pretrained"]
+    argv += ["none", "--image-size", "96", "--qe", "2", "--dba", "1", "--no-progress"]
+    assert cli_main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["method"] == f"{pipeline}+dba1+aqe2"
+    assert res["protocols"]["medium"]["mAP"] > 15
+    assert capsys.readouterr().out.startswith(">> tiny: mAP E: ")
+    if pipeline == "global-gem-whiten":
+        assert "unrelated" in res["whitening"]

@@ -26,6 +26,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from delfx.datasets.revisited import RetrievalDataset
@@ -72,6 +73,9 @@ def resolve_model(
 ) -> GlobalNet:
     """A checkpoint file (see :func:`load_checkpoint`) or a fresh net of an architecture name.
 
+    A fresh net's random parts (all of it with ``pretrained="none"``) are drawn with seed 0, so
+    the same arguments always describe images the same way; the global RNG is left untouched.
+
     Raises:
         InputError: ``model`` is neither an existing file nor one of :data:`ARCHS`.
     """
@@ -80,7 +84,9 @@ def resolve_model(
             logger.warning("--pretrained %s ignored: weights come from %s", pretrained, model)
         return load_checkpoint(model, device)
     if model in ARCHS:
-        return create(model, pooling=pooling, pretrained=pretrained).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return create(model, pooling=pooling, pretrained=pretrained).eval()
     raise InputError(
         f"model '{model}': no such checkpoint file, nor an architecture ({', '.join(ARCHS)})"
     )

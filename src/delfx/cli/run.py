@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from delfx import run
+from delfx import run, run_global
 from delfx.cli import add_subcommand
+from delfx.errors import InputError
 from delfx.evaluation.report import format_lines
+from delfx.run_global import GLOBAL_PIPELINES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "pipeline",
-        choices=sorted(run.PIPELINES),
+        choices=[*run.PIPELINES, *GLOBAL_PIPELINES],
         metavar="PIPELINE",
-        help=f"one of: {', '.join(run.PIPELINES)}",
+        help=f"one of: {', '.join([*run.PIPELINES, *GLOBAL_PIPELINES])}",
     )
     parser.add_argument("--root", required=True, help="datasets root")
     parser.add_argument("--dataset", required=True, help="dataset name")
@@ -55,11 +58,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tree-height", type=int, help="vocabulary tree height")
     parser.add_argument("--codebook-size", type=int, help="flat codebook words (HE, ASMK)")
     parser.add_argument("--workers", type=int, help="extraction processes, verification threads")
+    g = parser.add_argument_group("global pipelines")
+    g.add_argument("--model", default="resnet50", help="checkpoint file or architecture name")
+    g.add_argument("--pretrained", default="imagenet", help="imagenet, none or a weights file")
+    g.add_argument("--pool", default="gem", choices=("mac", "spoc", "gem", "rmac"))
+    g.add_argument("--image-size", type=int, default=1024, help="longer image side in pixels")
+    g.add_argument("--multiscale", default="1", help="image scales, e.g. 1,0.707,0.5")
+    g.add_argument("--qe", type=int, default=0, help="alpha query expansion neighbours")
+    g.add_argument("--dba", type=int, default=0, help="database augmentation neighbours")
+    g.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.pipeline in GLOBAL_PIPELINES:
+        try:
+            scales = tuple(float(v) for v in args.multiscale.split(","))
+        except ValueError:
+            raise InputError(f"--multiscale '{args.multiscale}': expected numbers") from None
+        opts = run_global.GlobalOptions(
+            model=args.model,
+            pretrained=args.pretrained,
+            pooling=args.pool,
+            image_size=args.image_size,
+            scales=scales,
+            qe=args.qe,
+            dba=args.dba,
+            device=args.device,
+        )
+        out = run_global.main(
+            args.pipeline,
+            args.root,
+            args.dataset,
+            args.work,
+            args.output,
+            opts,
+            codebook_from=args.codebook_from,
+            progress=not args.no_progress,
+        )
+        return _report(out)
     overrides = {
         k: v
         for k, v in (
@@ -84,6 +122,10 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
     )
+    return _report(out)
+
+
+def _report(out: Path) -> int:
     results = json.loads(out.read_text())
     for line in format_lines(results):
         print(line)

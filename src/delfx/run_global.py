@@ -1,0 +1,160 @@
+"""Stage: the global-descriptor pipelines of ``delfx run`` (``global-gem``, ``global-gem-whiten``).
+
+Describe the database and the cropped queries with a network (a checkpoint, or an architecture
+with ``--pretrained``), optionally whiten, optionally augment the database (DBA) and expand the
+queries (αQE), rank by inner product and evaluate. Descriptors are cached in the work folder.
+
+``global-gem-whiten`` learns PCA-whitening on images independent of the queries, chosen as the
+local pipelines choose codebook images: ``--codebook-from ROOT:NAME``, else the Oxford <-> Paris
+companion when present, else the dataset's images unrelated to every query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from delfx import extract_global
+from delfx.datasets.revisited import COMPANIONS, RetrievalDataset, unrelated_images
+from delfx.errors import InputError
+from delfx.evaluate import score, write_results
+from delfx.index.global_search import alpha_qe, dba, rank_ip
+from delfx.models.whitening import apply_whitening, pca_whiten
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """Settings of a global-descriptor run.
+
+    Attributes:
+        model: checkpoint path or architecture name.
+        pretrained: backbone weights for an architecture (``imagenet``, ``none``, a path).
+        pooling: pooling for an architecture (a checkpoint carries its own).
+        image_size: longer side of the images given to the network.
+        scales: image scales, averaged (``1,0.707,0.5`` is the usual multi-scale setting).
+        qe: αQE neighbours (0: off).
+        dba: database-side augmentation neighbours (0: off).
+        alpha: αQE / DBA weight exponent.
+        device: torch device.
+    """
+
+    model: str = "resnet50"
+    pretrained: str = "imagenet"
+    pooling: str = "gem"
+    image_size: int = 1024
+    scales: tuple[float, ...] = (1.0,)
+    qe: int = 0
+    dba: int = 0
+    alpha: float = 3.0
+    device: str = "cpu"
+
+
+GLOBAL_PIPELINES = ("global-gem", "global-gem-whiten")
+
+
+def _describe(opts: GlobalOptions, root: Path, name: str, work: Path, progress: bool) -> Path:
+    key = hashlib.sha1(
+        json.dumps(
+            [opts.model, opts.pretrained, opts.pooling, opts.image_size, opts.scales]
+        ).encode()
+    ).hexdigest()[:10]
+    out = work / f"global-{name}-{key}.h5"
+    if not out.is_file():
+        conf = extract_global.GlobalExtractConfig(image_size=opts.image_size, scales=opts.scales)
+        extract_global.main(
+            conf,
+            out,
+            root=root,
+            dataset=name,
+            model=opts.model,
+            pretrained=opts.pretrained,
+            pooling=opts.pooling,
+            device=opts.device,
+            progress=progress,
+        )
+    return out
+
+
+def _whitening_data(
+    opts: GlobalOptions,
+    ds: RetrievalDataset,
+    db: np.ndarray,
+    work: Path,
+    codebook_from: str | None,
+    progress: bool,
+) -> tuple[np.ndarray, str]:
+    other = None
+    if codebook_from is not None:
+        if ":" not in codebook_from:
+            raise InputError(f"--codebook-from '{codebook_from}': expected ROOT:NAME")
+        other_root, other = codebook_from.rsplit(":", 1)
+    elif (ds.root / COMPANIONS.get(ds.name, "\0")).is_dir():
+        other_root, other = str(ds.root), COMPANIONS[ds.name]
+    if other is not None:
+        path = _describe(opts, Path(other_root), other, work, progress)
+        return extract_global.load_global(path)[0], f"dataset {other}"
+    unrelated = unrelated_images(ds)
+    if len(unrelated) < 2 * db.shape[1] // 8:
+        logger.warning("whitening learned on only %d unrelated images", len(unrelated))
+    if len(unrelated) < 2:
+        raise InputError(
+            f"{ds.name}: too few unrelated images to learn whitening; "
+            "pass --codebook-from ROOT:NAME"
+        )
+    return db[unrelated], f"{len(unrelated)} images of {ds.name} unrelated to every query"
+
+
+def main(
+    pipeline: str,
+    root: str | os.PathLike[str],
+    dataset: str,
+    work: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    opts: GlobalOptions,
+    *,
+    codebook_from: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run a global pipeline and write the results JSON; returns its path."""
+    if pipeline not in GLOBAL_PIPELINES:
+        raise InputError(f"pipeline '{pipeline}': expected one of {', '.join(GLOBAL_PIPELINES)}")
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    ds = RetrievalDataset(root, dataset)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    db, q, _, _, attrs = extract_global.load_global(
+        _describe(opts, Path(root), dataset, work, progress)
+    )
+    timings["describe"] = time.perf_counter() - t0
+    extra: dict[str, Any] = {"model_meta": attrs.get("model_meta", {})}
+    t0 = time.perf_counter()
+    if pipeline == "global-gem-whiten":
+        train, source = _whitening_data(opts, ds, db, work, codebook_from, progress)
+        m, P = pca_whiten(train, dim=min(train.shape[0] - 1, train.shape[1]))
+        db = apply_whitening(db, m, P).astype(np.float32)
+        q = apply_whitening(q, m, P).astype(np.float32)
+        extra["whitening"] = f"PCA-whitening, {P.shape[0]} dims, learned on {source}"
+    if opts.dba > 0:
+        db = dba(db, opts.dba, opts.alpha)
+    ranks, _ = rank_ip(db, q)
+    if opts.qe > 0:
+        ranks, _ = rank_ip(db, alpha_qe(db, q, ranks, opts.qe, opts.alpha))
+    timings["search"] = time.perf_counter() - t0
+    method = (
+        pipeline + (f"+dba{opts.dba}" if opts.dba else "") + (f"+aqe{opts.qe}" if opts.qe else "")
+    )
+    t0 = time.perf_counter()
+    scores = score(ds, list(ranks))
+    timings["evaluate"] = time.perf_counter() - t0
+    return write_results(output, ds, method, scores, timings, options=asdict(opts), **extra)
