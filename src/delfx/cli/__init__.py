@@ -19,7 +19,7 @@ from delfx.errors import DelfxError
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
-    from delfx.cli import data, demo, evaluate, extract, index, run
+    from delfx.cli import data, demo, evaluate, extract, index, run, train
 
     parser = argparse.ArgumentParser(
         prog="delfx",
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.register(sub)
     index.register(sub)
     run.register(sub)
+    train.register(sub)
     return parser
 
 

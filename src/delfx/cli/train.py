@@ -1,0 +1,115 @@
+"""``delfx train global``: fine-tune a global descriptor (the seed's ``example.finetuning``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from delfx.cli import add_subcommand
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train`` and its subcommand ``global``."""
+    parser = add_subcommand(subparsers, "train", "train networks")
+    train_sub = parser.add_subparsers(dest="train_command", metavar="MODEL")
+    _register_global(train_sub)
+
+
+def _register_global(subparsers: argparse._SubParsersAction) -> None:
+    from delfx.train.loop import TrainConfig
+
+    d = TrainConfig()
+    p = add_subcommand(
+        subparsers, "global", "fine-tune a global CNN descriptor on query-positive tuples"
+    )
+    p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder for <export name>/ outputs")
+    p.add_argument("--root", required=True, help="datasets root (training and test datasets)")
+    p.add_argument("--training-dataset", default=d.training_dataset, help="training set name")
+    p.add_argument(
+        "--test-datasets",
+        default=",".join(d.test_datasets),
+        help="comma-separated benchmarks to evaluate ('' for none)",
+    )
+    p.add_argument("--arch", default=d.arch, help="backbone architecture")
+    p.add_argument("--pool", default=d.pool, help="pooling: mac, spoc, gem, rmac")
+    p.add_argument("--whitening", type=int, metavar="DIM", help="learned whitening dimension")
+    p.add_argument("--loss", choices=("contrastive", "triplet"), default=d.loss)
+    p.add_argument("--loss-margin", type=float, default=d.loss_margin)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr-decay", type=float, default=d.lr_decay, help="per-epoch lr factor")
+    p.add_argument("--neg-num", type=int, default=d.neg_num, help="negatives per tuple")
+    p.add_argument("--query-size", type=int, default=d.query_size, help="queries per epoch")
+    p.add_argument("--pool-size", type=int, default=d.pool_size, help="negative pool per epoch")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="tuples per batch")
+    p.add_argument("--update-every", type=int, default=d.update_every, help="batches per step")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="training image size")
+    p.add_argument("--test-image-size", type=int, default=d.test_image_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--test-freq", type=int, default=d.test_freq, help="evaluate every N epochs")
+    p.add_argument("--pretrained", default=d.pretrained, help="imagenet, none, or a .pth path")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers, help="image-reading threads")
+    p.add_argument("--resume", metavar="CKPT", help="checkpoint to continue from")
+    p.add_argument("--gpu-id", help="use cuda:<id> (unless --device is given)")
+    p.add_argument("--device", help="torch device: cpu or cuda:N (default cpu)")
+    p.set_defaults(func=_run_global)
+
+
+def _device(args: argparse.Namespace) -> str:
+    if args.device:
+        return str(args.device)
+    if args.gpu_id is not None and str(args.gpu_id).strip() != "":
+        return f"cuda:{str(args.gpu_id).split(',')[0].strip()}"
+    return "cpu"
+
+
+def _run_global(args: argparse.Namespace) -> int:
+    from delfx import train_global
+    from delfx.train.loop import TrainConfig
+
+    conf = TrainConfig(
+        training_dataset=args.training_dataset,
+        test_datasets=tuple(s.strip() for s in args.test_datasets.split(",") if s.strip()),
+        arch=args.arch,
+        pool=args.pool,
+        loss=args.loss,
+        loss_margin=args.loss_margin,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        lr_decay=args.lr_decay,
+        neg_num=args.neg_num,
+        query_size=args.query_size,
+        pool_size=args.pool_size,
+        batch_size=args.batch_size,
+        update_every=args.update_every,
+        image_size=args.image_size,
+        test_image_size=args.test_image_size,
+        epochs=args.epochs,
+        test_freq=args.test_freq,
+        whitening_dim=args.whitening,
+        pretrained=args.pretrained,
+        seed=args.seed,
+        workers=args.workers,
+    )
+
+    def show(epoch: int, lines: list[str]) -> None:
+        print(f"# {epoch}")
+        for line in lines:
+            print(line)
+        print(flush=True)
+
+    out = train_global.main(
+        conf,
+        args.export_dir,
+        root=args.root,
+        resume=args.resume,
+        device=_device(args),
+        progress=not args.quiet,
+        on_eval=show,
+    )
+    print(f"wrote {out}")
+    return 0
