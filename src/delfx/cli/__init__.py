@@ -76,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DelfxError as exc:
         if args.debug:
             raise
-        print(f"delfx: error: {exc}", file=sys.stderr)
+        # one line always: a wrapped library message may span several (--debug shows it all)
+        first, *rest = str(exc).splitlines() or [""]
+        print(
+            f"delfx: error: {first}{' [...] (--debug for more)' if rest else ''}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print("delfx: interrupted", file=sys.stderr)
