@@ -8,7 +8,8 @@ Output folder ``EXPORT_ROOT/<export_name(conf)>/``::
     log.csv              epoch, loss, lr, per-dataset mAP E/M/H
 
 Checkpoints load with :func:`delfx.models.global_net.load_checkpoint` (e.g. for
-``delfx extract global``) and resume exactly with ``resume=``.
+``delfx extract global``) and resume exactly with ``resume=``. Under ``torchrun`` the run is
+data-parallel over the processes (see :mod:`delfx.train.distributed`); rank 0 evaluates and writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from delfx.errors import InputError
 from delfx.evaluation.report import format_lines
+from delfx.train import distributed
 from delfx.train.loop import TrainConfig, Trainer, export_name
 
 logger = logging.getLogger(__name__)
@@ -77,9 +79,10 @@ def main(
         export_root: folder that receives ``<export_name(conf)>/``.
         root: datasets root with the training set and the test datasets.
         resume: a ``model_epoch<N>.pth`` / ``model_last.pth`` to continue from.
-        device: torch device, e.g. ``cpu`` or ``cuda:0``.
-        progress: show progress bars.
-        on_eval: called with ``(epoch, seed lines)`` after each evaluation.
+        device: torch device, e.g. ``cpu`` or ``cuda:0``; under ``torchrun`` a CUDA device
+            becomes ``cuda:<LOCAL_RANK>``.
+        progress: show progress bars (rank 0 only).
+        on_eval: called with ``(epoch, seed lines)`` after each evaluation (on rank 0).
 
     Returns:
         The export folder.
@@ -88,20 +91,45 @@ def main(
         InputError: bad training set, test dataset, checkpoint or device (the message names it).
     """
     dev = check_device(device)
+    owned = not distributed.active()
+    rank, world, local_rank = distributed.init_from_env("nccl" if dev.type == "cuda" else "gloo")
+    owned = owned and world > 1
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device(f"cuda:{local_rank}")
+    try:
+        return _run(conf, export_root, root, resume, dev, progress and rank == 0, on_eval)
+    finally:
+        if owned:
+            distributed.cleanup()
+
+
+def _run(
+    conf: TrainConfig,
+    export_root: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    resume: str | os.PathLike[str] | None,
+    dev: torch.device,
+    progress: bool,
+    on_eval: EvalCallback | None,
+) -> Path:
+    main_rank = distributed.is_main()
     export_dir = Path(export_root) / export_name(conf)
     trainer = Trainer(conf, export_dir, root=root, device=dev, progress=progress)
     logger.info("training %s on %s, export to %s", conf.arch, dev, export_dir)
     if resume is not None:
         trainer.resume(resume)
-    elif conf.test_datasets:
+    elif conf.test_datasets and main_rank:
         _report(0, trainer.evaluate(), on_eval)
     start = time.perf_counter()
     while trainer.epoch < conf.epochs:
         t0 = time.perf_counter()
         lr = trainer.lr
         loss = trainer.train_epoch()
-        results = trainer.evaluate() if trainer.due_for_test() else {}
+        results = trainer.evaluate() if trainer.due_for_test() and main_rank else {}
         best = trainer.end_epoch(loss, results)
+        distributed.barrier()
+        if not main_rank:
+            continue
         logger.info(
             "epoch %d/%d: loss %.6g, lr %.3g, %.1f s%s",
             trainer.epoch,

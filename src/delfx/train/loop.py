@@ -5,7 +5,8 @@ them with the current network (eval mode, no grad) and mine ``neg_num`` hard neg
 then, in train mode with batch-norm layers frozen (eval), forward every image of every tuple one by
 one, stack the ``S x D`` descriptors, apply the tuple loss and back-propagate; the optimizer steps
 every ``update_every`` batches of ``batch_size`` tuples; the learning rate decays exponentially
-per epoch. :class:`Trainer` keeps the state and writes checkpoints and ``log.csv``.
+per epoch. :class:`Trainer` keeps the state and writes checkpoints and ``log.csv``. Under
+``torchrun`` the trainer runs data-parallel (see :mod:`delfx.train.distributed`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import torch
 from delfx.datasets.training import load_training
 from delfx.errors import InputError
 from delfx.io import atomic
-from delfx.models.global_net import GlobalNet, create
-from delfx.train import state
-from delfx.train.epoch import evaluate_dataset, mine_tuples, train_tuples
+from delfx.models.global_net import ARCHS, GlobalNet, create
+from delfx.train import distributed, state
+from delfx.train.epoch import TupleForward, evaluate_dataset, mine_tuples, train_tuples
 from delfx.train.losses import ContrastiveLoss, TripletLoss
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,10 @@ class TrainConfig:
     workers: int = 0
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise InputError(
+                f"arch '{self.arch}': unknown architecture; use one of {', '.join(ARCHS)}"
+            )
         if self.loss not in ("contrastive", "triplet"):
             raise InputError(f"loss '{self.loss}': expected contrastive or triplet")
         if self.optimizer not in ("adam", "sgd"):
@@ -140,6 +145,10 @@ class Trainer:
         root: datasets root holding the training set and the test datasets.
         device: torch device.
         progress: show progress bars.
+
+    In an initialised process group (world size > 1) the network is trained through
+    DistributedDataParallel on this rank's shard of each epoch's tuples, and only rank 0 writes
+    checkpoints and ``log.csv``; every rank must build its trainer with the same settings.
     """
 
     def __init__(
@@ -160,6 +169,8 @@ class Trainer:
         torch.manual_seed(conf.seed)
         self.rng = np.random.default_rng(conf.seed)
         self.net = create(conf.arch, conf.pool, conf.pretrained, conf.whitening_dim).to(self.device)
+        self.rank, self.world = distributed.rank_world()
+        self.model = distributed.wrap(TupleForward(self.net), self.device)
         self.optimizer = make_optimizer(self.net, conf)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, conf.lr_decay)
         margin = conf.loss_margin
@@ -177,8 +188,15 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self) -> float:
-        """Mine tuples with the current network and train one epoch; returns the mean loss."""
+        """Mine tuples with the current network and train one epoch; returns the mean loss.
+
+        With several ranks, each trains on a strided shard of the (padded) tuples and the
+        returned loss is the mean over every rank's tuples.
+        """
         tuples = mine_tuples(self.net, self.split, self.conf, self.rng, self.device)
+        if self.world > 1:
+            padded = distributed.pad_to_multiple(tuples, self.world)
+            tuples = distributed.shard(padded, self.rank, self.world, contiguous=False)
         loss = train_tuples(
             self.net,
             self.split,
@@ -188,7 +206,11 @@ class Trainer:
             self.conf,
             self.device,
             self.progress,
+            model=self.model,
         )
+        if self.world > 1:
+            sums = distributed.all_gather_array(np.array([[loss * len(tuples), len(tuples)]]))
+            loss = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1.0))
         if not math.isfinite(loss):
             raise FloatingPointError(f"epoch {self.epoch + 1}: loss is {loss}")
         self.epoch += 1
@@ -212,7 +234,7 @@ class Trainer:
         """Decay the lr, log the epoch and save checkpoints; returns True for a new best.
 
         The best metric is the mean medium mAP over the test datasets (when evaluated), or the
-        negated training loss when there are no test datasets.
+        negated training loss when there are no test datasets. Only rank 0 writes files.
         """
         lr = self.lr
         self.scheduler.step()
@@ -233,6 +255,8 @@ class Trainer:
             "rng": state.rng_state(self.rng, self.device),
             "config": asdict(self.conf),
         }
+        if self.rank != 0:
+            return improved
         data = state.checkpoint_bytes(self.net, extra)
         self.export_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(self.export_dir / f"model_epoch{self.epoch}.pth", data)
