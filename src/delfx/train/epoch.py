@@ -122,10 +122,7 @@ def train_tuples(
     model = TupleForward(net) if model is None else model
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     model.train()
-    if conf.pretrained != "none":
-        # pretrained statistics are kept, as cirtorch does; a network trained from scratch
-        # must learn its batch-norm statistics
-        model.apply(_freeze_batchnorm)
+    model.apply(_freeze_batchnorm)
     labels = tuple_labels(conf.neg_num).to(device)
     n_batches = math.ceil(len(tuples) / conf.batch_size)
     total = 0.0
