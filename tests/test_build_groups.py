@@ -154,3 +154,15 @@ def test_data_list_shows_built_datasets(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.startswith("x "))
     assert "built" in row and " 9 " in row
     assert "roxford5k" in out and "absent" in out
+
+
+def test_export_pkl_only_on_request(tmp_path):
+    from delfx.datasets.gnd_io import load_json, load_pickle_safely
+
+    g = _groups(tmp_path)
+    base = ["data", "build-groups", str(g), "--out", str(tmp_path / "o")]
+    assert cli_main([*base, "--name", "a"]) == 0
+    assert not (tmp_path / "o" / "a" / "gnd_a.pkl").exists()
+    assert cli_main([*base, "--name", "b", "--export-pkl"]) == 0
+    folder = tmp_path / "o" / "b"
+    assert load_pickle_safely(folder / "gnd_b.pkl") == load_json(folder / "gnd_b.json")

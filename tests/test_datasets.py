@@ -121,7 +121,8 @@ def test_missing_and_malformed_gnd(tmp_path):
 
 def test_write_gnd_round_trip(tmp_path):
     write_gnd(tmp_path, "x", GOOD)
-    assert (tmp_path / "gnd_x.json").exists() and (tmp_path / "gnd_x.pkl").exists()
+    assert (tmp_path / "gnd_x.json").exists() and not (tmp_path / "gnd_x.pkl").exists()
+    write_gnd(tmp_path, "x", GOOD, export_pkl=True)  # the field's format, on request
     assert load_pickle_safely(tmp_path / "gnd_x.pkl")["gnd"][0]["easy"] == [0]
 
 

@@ -131,8 +131,12 @@ def main(
     *,
     distractors_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    export_pkl: bool = False,
 ) -> Path:
     """Build the benchmark ``out_root/name`` from groups of views.
+
+    ``export_pkl`` also writes ``gnd_<name>.pkl`` for the field's own scripts (delfx reads the
+    JSON ground truth).
 
     Returns:
         The dataset folder.
@@ -191,7 +195,10 @@ def main(
                 }
             )
         write_gnd(
-            tmp, name, {"imlist": imlist, "qimlist": [r["query"] for r in records], "gnd": gnd}
+            tmp,
+            name,
+            {"imlist": imlist, "qimlist": [r["query"] for r in records], "gnd": gnd},
+            export_pkl=export_pkl,
         )
         atomic.write_json(
             tmp / "info.json",

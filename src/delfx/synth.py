@@ -148,6 +148,7 @@ def main(
     seed: int,
     distractors_dir: Path | None = None,
     overwrite: bool = False,
+    export_pkl: bool = False,
 ) -> Path:
     """Build the synthetic dataset ``<out_root>/<name>``.
 
@@ -159,6 +160,7 @@ def main(
         seed: random seed; the same seed and inputs give byte-identical output.
         distractors_dir: optional folder of non-landmark photos.
         overwrite: replace an existing dataset of that name.
+        export_pkl: also write ``gnd_<name>.pkl`` for the field's own scripts.
 
     Returns:
         The dataset folder.
@@ -201,7 +203,7 @@ def main(
     with atomic.staging_dir(final, overwrite=overwrite) as tmp:
         (tmp / "jpg").mkdir()
         _render_all(conf, landmarks, db, tmp / "jpg")
-        write_gnd(tmp, name, gnd)
+        write_gnd(tmp, name, gnd, export_pkl=export_pkl)
         record = _record(conf, seed, landmarks, distractors, boxes, attempts, db, position)
         atomic.write_json(tmp / "synth.json", record)
     counts = Counter(v.assessment.label for v in db if v.assessment is not None)

@@ -87,10 +87,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def add_output_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the commands that write a dataset: ``--out``, ``--name``, ``--overwrite``."""
+def add_output_flags(parser: argparse.ArgumentParser, *, gnd: bool = True) -> None:
+    """Flags of the commands that write a dataset: ``--out``, ``--name``, ``--overwrite``, and
+    ``--export-pkl`` for those that write ground truth (``gnd``)."""
     parser.add_argument("--out", required=True, metavar="ROOT", help="datasets root to write into")
     parser.add_argument("--name", required=True, help="dataset name (folder and gnd file name)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset of that name"
+    )
+    if not gnd:
+        return
+    parser.add_argument(
+        "--export-pkl",
+        action="store_true",
+        help="also write gnd_NAME.pkl for the field's own scripts (delfx reads the JSON)",
     )

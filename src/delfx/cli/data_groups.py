@@ -31,6 +31,7 @@ def _run(args: argparse.Namespace) -> int:
         args.name,
         distractors_dir=args.distractors,
         overwrite=args.overwrite,
+        export_pkl=args.export_pkl,
     )
     print(f"wrote {folder}")
     return 0

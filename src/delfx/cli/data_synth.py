@@ -56,6 +56,7 @@ def handler(args: argparse.Namespace) -> int:
         seed=args.seed,
         distractors_dir=args.distractors,
         overwrite=args.overwrite,
+        export_pkl=args.export_pkl,
     )
     ds = RetrievalDataset(args.out, args.name)
     counts = {k: sum(len(getattr(t, k)) for t in ds.truth) for k in ("easy", "hard", "junk")}

@@ -17,7 +17,7 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         "GROUPS_DIR/<group>/*.jpg",
     )
     parser.add_argument("groups_dir", metavar="GROUPS_DIR", help="one folder of views per place")
-    add_output_flags(parser)
+    add_output_flags(parser, gnd=False)
     parser.add_argument(
         "--val-fraction",
         type=float,

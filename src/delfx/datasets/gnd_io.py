@@ -9,9 +9,10 @@ The old Oxford/Paris protocol has ``ok`` and ``junk`` instead of ``easy``/``hard
 
 Downloaded pickles are read with a restricted unpickler that only rebuilds plain containers,
 numbers, strings and numpy arrays: a pickle that asks for anything else is refused, so opening a
-dataset never runs foreign code. Datasets that delfx builds carry the same content as JSON (the
-copy delfx reads back) and as a protocol-2 pickle of plain lists, so that the field's own
-evaluation scripts can read them unchanged.
+dataset never runs foreign code. Datasets that delfx builds store their ground truth as JSON
+(``gnd_<name>.json``), which delfx reads first. Only when asked (``--export-pkl``) is a
+protocol-2 pickle of the same plain lists written beside it, for the field's own evaluation
+scripts, which read nothing else; delfx never reads that copy back.
 """
 
 from __future__ import annotations
@@ -114,13 +115,16 @@ def to_plain(gnd: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_gnd(folder: str | os.PathLike[str], name: str, gnd: dict[str, Any]) -> Path:
-    """Write ``gnd_<name>.json`` and ``gnd_<name>.pkl`` into ``folder``, each atomically.
+def write_gnd(
+    folder: str | os.PathLike[str], name: str, gnd: dict[str, Any], *, export_pkl: bool = False
+) -> Path:
+    """Write ``gnd_<name>.json`` (and, with ``export_pkl``, ``gnd_<name>.pkl``) atomically.
 
     Args:
         folder: the dataset folder (``<root>/<name>``).
         name: the dataset name.
         gnd: dict with ``imlist``, ``qimlist`` and ``gnd`` (see the module docstring).
+        export_pkl: also write the field's pickle format, for tools outside delfx.
 
     Returns:
         The path of the JSON file.
@@ -128,6 +132,6 @@ def write_gnd(folder: str | os.PathLike[str], name: str, gnd: dict[str, Any]) ->
     plain = to_plain(gnd)
     folder = Path(folder)
     json_path = atomic.write_json(folder / f"gnd_{name}.json", plain)
-    # Interoperability copy for the field's tools, which read only the pickle.
-    atomic.write_bytes(folder / f"gnd_{name}.pkl", pickle.dumps(plain, protocol=2))
+    if export_pkl:  # an export for the field's scripts; delfx itself reads the JSON
+        atomic.write_bytes(folder / f"gnd_{name}.pkl", pickle.dumps(plain, protocol=2))
     return json_path
