@@ -4,8 +4,11 @@ Describe the database and the cropped queries with a network (a checkpoint, or a
 with ``--pretrained``), optionally whiten, optionally augment the database (DBA) and expand the
 queries (αQE), rank by inner product and evaluate. Descriptors are cached in the work folder.
 
-``global-gem-whiten`` learns PCA-whitening on images independent of the queries, chosen as the
-local pipelines choose codebook images: ``--codebook-from ROOT:NAME``, else the Oxford <-> Paris
+``global-gem-whiten`` learns the whitening on images independent of the queries. With
+``--whiten-pairs ROOT:NAME`` it is the learned Lw of Radenović et al. from query-positive pairs:
+the whitening pairs of ``retrieval-SfM-120k``, or the training pairs of a set written by
+``delfx data build-training``. Otherwise it is PCA-whitening on images chosen as the local
+pipelines choose codebook images: ``--codebook-from ROOT:NAME``, else the Oxford <-> Paris
 companion when present, else the dataset's images unrelated to every query.
 """
 
@@ -24,10 +27,13 @@ import numpy as np
 
 from delfx import extract_global
 from delfx.datasets.revisited import COMPANIONS, RetrievalDataset, unrelated_images
+from delfx.datasets.training import SFM120K, load_training, load_whitening_pairs
 from delfx.errors import InputError
 from delfx.evaluate import score, write_results
 from delfx.index.global_search import alpha_qe, dba, rank_ip
-from delfx.models.whitening import apply_whitening, pca_whiten
+from delfx.io.images import read_image
+from delfx.models.describe import describe_images
+from delfx.models.whitening import apply_whitening, learn_whitening, pca_whiten
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +120,30 @@ def _whitening_data(
     return db[unrelated], f"{len(unrelated)} images of {ds.name} unrelated to every query"
 
 
+def _learned_whitening(opts: GlobalOptions, spec: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Lw from the query-positive pairs of a training set given as ``ROOT:NAME``."""
+    if ":" not in spec:
+        raise InputError(f"--whiten-pairs '{spec}': expected ROOT:NAME")
+    root, name = spec.rsplit(":", 1)
+    if name == SFM120K:
+        paths, qidxs, pidxs = load_whitening_pairs(root)
+    else:
+        split = load_training(root, name).train
+        paths, qidxs, pidxs = list(split.images), split.qidxs, split.pidxs
+    net = extract_global.resolve_model(
+        opts.model, pretrained=opts.pretrained, pooling=opts.pooling, device=opts.device
+    )
+    x = describe_images(
+        net,
+        (read_image(p) for p in paths),
+        image_size=opts.image_size,
+        scales=opts.scales,
+        device=opts.device,
+    )
+    m, P = learn_whitening(x, qidxs, pidxs)
+    return m, P, f"learned whitening (Lw) from {len(qidxs)} pairs of {name}"
+
+
 def main(
     pipeline: str,
     root: str | os.PathLike[str],
@@ -123,6 +153,7 @@ def main(
     opts: GlobalOptions,
     *,
     codebook_from: str | None = None,
+    whiten_pairs: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Run a global pipeline and write the results JSON; returns its path."""
@@ -140,11 +171,15 @@ def main(
     extra: dict[str, Any] = {"model_meta": attrs.get("model_meta", {})}
     t0 = time.perf_counter()
     if pipeline == "global-gem-whiten":
-        train, source = _whitening_data(opts, ds, db, work, codebook_from, progress)
-        m, P = pca_whiten(train, dim=min(train.shape[0] - 1, train.shape[1]))
+        if whiten_pairs is not None:
+            m, P, label = _learned_whitening(opts, whiten_pairs)
+        else:
+            train, source = _whitening_data(opts, ds, db, work, codebook_from, progress)
+            m, P = pca_whiten(train, dim=min(train.shape[0] - 1, train.shape[1]))
+            label = f"PCA-whitening, {P.shape[0]} dims, learned on {source}"
         db = apply_whitening(db, m, P).astype(np.float32)
         q = apply_whitening(q, m, P).astype(np.float32)
-        extra["whitening"] = f"PCA-whitening, {P.shape[0]} dims, learned on {source}"
+        extra["whitening"] = label
     if opts.dba > 0:
         db = dba(db, opts.dba, opts.alpha)
     ranks, _ = rank_ip(db, q)

@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--qe", type=int, default=0, help="alpha query expansion neighbours")
     g.add_argument("--dba", type=int, default=0, help="database augmentation neighbours")
     g.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    g.add_argument(
+        "--whiten-pairs",
+        metavar="ROOT:NAME",
+        help="learn Lw from this training set's query-positive pairs",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run)
 
@@ -95,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
             args.output,
             opts,
             codebook_from=args.codebook_from,
+            whiten_pairs=args.whiten_pairs,
             progress=not args.no_progress,
         )
         return _report(out)
