@@ -321,16 +321,8 @@ class ASMKIndex(FlatCodebookIndex):
         segments: Sequence[Segment],
     ) -> ASMKIndex:
         """Rebuild an index from :meth:`state`'s parts (γ is recomputed)."""
-        if meta.get("kind") != cls.kind:
-            raise InputError(f"index kind {meta.get('kind')!r} is not {cls.kind!r}")
-        if "centroids" not in arrays:
-            raise InputError("ASMK index: missing array 'centroids'")
-        try:
-            opts = {k: meta[k] for k in ("ma", "ma_ratio", "alpha", "tau")}
-            n_images = int(meta["n_images"])
-        except KeyError as exc:
-            raise InputError(f"ASMK index: missing setting {exc}") from None
-        centroids = np.asarray(arrays["centroids"])
-        ivf = InvertedFile(centroids.shape[0], segments)
+        centroids, ivf, n_images, opts = cls._unpack_state(
+            meta, arrays, segments, ("ma", "ma_ratio", "alpha", "tau")
+        )
         proj = arrays.get("projection")
         return cls(centroids, ivf, n_images, projection=proj, **opts)

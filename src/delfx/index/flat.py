@@ -6,11 +6,13 @@ and an inverted file ``ivf``, and implement ``encode_query`` and ``score_encoded
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from delfx.index.invfile import InvertedFile
+from delfx.errors import InputError
+from delfx.index.invfile import InvertedFile, Segment
 from delfx.index.kmeans import Quantizer, assign
 
 
@@ -65,6 +67,32 @@ class FlatCodebookIndex:
             ``(K,)`` int64 image ids and ``(K,)`` float64 scores, best first (ties: lower id).
         """
         return rank(self.score_all(descriptors), top_k)
+
+    @classmethod
+    def _unpack_state(
+        cls,
+        meta: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray],
+        segments: Sequence[Segment],
+        option_keys: Sequence[str],
+    ) -> tuple[np.ndarray, InvertedFile, int, dict[str, Any]]:
+        """Check a saved state: ``(centroids, inverted file, n_images, options)``.
+
+        Raises:
+            InputError: another kind of index, or a missing array or setting.
+        """
+        kind = getattr(cls, "kind", "?")
+        if meta.get("kind") != kind:
+            raise InputError(f"index kind {meta.get('kind')!r} is not {kind!r}")
+        if "centroids" not in arrays:
+            raise InputError(f"{kind} index: missing array 'centroids'")
+        try:
+            opts = {k: meta[k] for k in option_keys}
+            n_images = int(meta["n_images"])
+        except KeyError as exc:
+            raise InputError(f"{kind} index: missing setting {exc}") from None
+        centroids = np.asarray(arrays["centroids"])
+        return centroids, InvertedFile(centroids.shape[0], segments), n_images, opts
 
     def nbytes(self) -> int:
         """Bytes held by the inverted file's segments."""

@@ -372,15 +372,7 @@ class HEIndex(FlatCodebookIndex):
         segments: Sequence[Segment],
     ) -> HEIndex:
         """Rebuild an index from :meth:`state`'s parts (derived idf and norms are recomputed)."""
-        if meta.get("kind") != cls.kind:
-            raise InputError(f"index kind {meta.get('kind')!r} is not {cls.kind!r}")
-        if "centroids" not in arrays:
-            raise InputError("HE index: missing array 'centroids'")
-        try:
-            opts = {k: meta[k] for k in ("ma", "ma_ratio", "sigma", "max_h")}
-            n_images = int(meta["n_images"])
-        except KeyError as exc:
-            raise InputError(f"HE index: missing setting {exc}") from None
-        centroids = np.asarray(arrays["centroids"])
-        ivf = InvertedFile(centroids.shape[0], segments)
+        centroids, ivf, n_images, opts = cls._unpack_state(
+            meta, arrays, segments, ("ma", "ma_ratio", "sigma", "max_h")
+        )
         return cls(centroids, HEParams.from_state(arrays), ivf, n_images, **opts)
