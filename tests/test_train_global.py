@@ -12,53 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from delfx import build_groups, build_training, train_global
+from delfx import train_global
 from delfx.cli import main as cli_main
 from delfx.models.global_net import load_checkpoint
 from delfx.train.loop import TrainConfig, export_name
 
-REALVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "realviews" / "groups"
-TRAIN_GROUPS = (
-    "aachen_rathaus",
-    "admiralty_arch",
-    "aerial_city",
-    "campus_building",
-    "evd_cafe",
-    "evd_cat",
-)
-TEST_GROUPS = ("evd_face", "evd_grand", "evd_mag", "evd_shop")
 SEED_PATTERN = re.compile(
     r"^(?P<data>[^_]+)_(?P<arch>[a-z0-9]+)_(?P<pool>[a-z]+)(_notpretrained)?(_whiten)?"
     r"_(?P<loss>contrastive|triplet)_m\d+\.\d\d_(adam|sgd)_lr\d\.\de[-+]\d\d_wd\d\.\de[-+]\d\d"
     r"_nnum\d+_qsize\d+_psize\d+_bsize\d+_uevery\d+_imsize\d+$"
 )
-
-pytestmark = pytest.mark.skipif(not REALVIEWS.is_dir(), reason="shared/data/realviews missing")
-
-
-def _copy_small(names: tuple[str, ...], dst: Path) -> Path:
-    """Copy groups' photos shrunk to a longer side of 96 px."""
-    for name in names:
-        for src in sorted((REALVIEWS / name).glob("*.jpg")):
-            (dst / name).mkdir(parents=True, exist_ok=True)
-            with Image.open(src) as im:
-                im = im.convert("RGB")
-                im.thumbnail((96, 96))
-                im.save(dst / name / src.name, quality=90)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A datasets root with training set ``views`` (6 groups) and benchmark ``tinytest`` (4)."""
-    base = tmp_path_factory.mktemp("train_global")
-    root = base / "data"
-    build_training.main(_copy_small(TRAIN_GROUPS, base / "g_train"), root, "views", val_fraction=0)
-    groups = _copy_small(TEST_GROUPS, base / "g_test")
-    build_groups.main(build_groups.GroupsConfig(progress=False), groups, root, "tinytest")
-    return root
 
 
 @pytest.fixture(autouse=True)

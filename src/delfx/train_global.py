@@ -90,6 +90,35 @@ def main(
     Raises:
         InputError: bad training set, test dataset, checkpoint or device (the message names it).
     """
+    export_dir = Path(export_root) / export_name(conf)
+
+    def build(dev: torch.device, show: bool) -> Trainer:
+        return Trainer(conf, export_dir, root=root, device=dev, progress=show)
+
+    return run_stage(build, resume, device, progress, on_eval)
+
+
+def run_stage(
+    build: Callable[[torch.device, bool], Trainer],
+    resume: str | os.PathLike[str] | None,
+    device: str | torch.device,
+    progress: bool,
+    on_eval: EvalCallback | None,
+) -> Path:
+    """The training stage around a trainer: device, process group, epochs, evaluations, logs.
+
+    Args:
+        build: makes the :class:`~delfx.train.loop.Trainer` from ``(device, progress)``; called
+            once the device is checked and (under ``torchrun``) the process group is set up.
+        resume: a checkpoint to continue from; otherwise epoch 0 (the network before training)
+            is evaluated first.
+        device: torch device; under ``torchrun`` a CUDA device becomes ``cuda:<LOCAL_RANK>``.
+        progress: show progress bars (rank 0 only).
+        on_eval: called with ``(epoch, seed lines)`` after each evaluation (on rank 0).
+
+    Returns:
+        The trainer's export folder.
+    """
     dev = check_device(device)
     owned = not distributed.active()
     rank, world, local_rank = distributed.init_from_env("nccl" if dev.type == "cuda" else "gloo")
@@ -97,25 +126,24 @@ def main(
     if world > 1 and dev.type == "cuda":
         dev = torch.device(f"cuda:{local_rank}")
     try:
-        return _run(conf, export_root, root, resume, dev, progress and rank == 0, on_eval)
+        return _run(build(dev, progress and rank == 0), resume, on_eval)
     finally:
         if owned:
             distributed.cleanup()
 
 
 def _run(
-    conf: TrainConfig,
-    export_root: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    resume: str | os.PathLike[str] | None,
-    dev: torch.device,
-    progress: bool,
-    on_eval: EvalCallback | None,
+    trainer: Trainer, resume: str | os.PathLike[str] | None, on_eval: EvalCallback | None
 ) -> Path:
+    conf = trainer.conf
     main_rank = distributed.is_main()
-    export_dir = Path(export_root) / export_name(conf)
-    trainer = Trainer(conf, export_dir, root=root, device=dev, progress=progress)
-    logger.info("training %s on %s, export to %s", conf.arch, dev, export_dir)
+    logger.info(
+        "training %s (%s) on %s, export to %s",
+        conf.arch,
+        type(trainer.net).__name__,
+        trainer.device,
+        trainer.export_dir,
+    )
     if resume is not None:
         trainer.resume(resume)
     elif conf.test_datasets and main_rank:
@@ -142,4 +170,4 @@ def _run(
         if results:
             _report(trainer.epoch, results, on_eval)
     logger.info(">> Training finished in %.1f s", time.perf_counter() - start)
-    return export_dir
+    return trainer.export_dir

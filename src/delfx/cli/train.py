@@ -1,26 +1,57 @@
-"""``delfx train global``: fine-tune a global descriptor (the seed's ``example.finetuning``)."""
+"""``delfx train global`` and ``delfx train attention``: the seed's ``example.finetuning`` and
+``example.attention`` steps.
+
+Both take the same training flags; ``attention`` adds ``--param-directory`` (the fine-tuned
+global model) and ``--attention-block``.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from delfx.cli import add_subcommand
 
+if TYPE_CHECKING:
+    from delfx.train.loop import TrainConfig
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``train`` and its subcommand ``global``."""
+    """Add ``train`` and its subcommands ``global`` and ``attention``."""
     parser = add_subcommand(subparsers, "train", "train networks")
     train_sub = parser.add_subparsers(dest="train_command", metavar="MODEL")
-    _register_global(train_sub)
+    p = add_subcommand(
+        train_sub, "global", "fine-tune a global CNN descriptor on query-positive tuples"
+    )
+    _add_train_flags(p)
+    p.set_defaults(func=_run)
+    p = add_subcommand(
+        train_sub,
+        "attention",
+        "train an attention score function on a frozen fine-tuned global network",
+    )
+    _add_train_flags(p)
+    p.add_argument(
+        "--param-directory",
+        required=True,
+        metavar="MODEL_DIR",
+        help="the fine-tuned global model: a .pth, a folder with model_best.pth, or the folder "
+        "that holds <export name>/model_best.pth (the global run's EXPORT_DIR, same flags)",
+    )
+    p.add_argument(
+        "--attention-block",
+        choices=("last", "block3"),
+        default="last",
+        help="feature map attention sits on: the trunk's last block (the seed) or ResNet layer3",
+    )
+    p.set_defaults(func=_run)
 
 
-def _register_global(subparsers: argparse._SubParsersAction) -> None:
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The training flags of ``train global`` and ``train attention``."""
     from delfx.train.loop import TrainConfig
 
     d = TrainConfig()
-    p = add_subcommand(
-        subparsers, "global", "fine-tune a global CNN descriptor on query-positive tuples"
-    )
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder for <export name>/ outputs")
     p.add_argument("--root", required=True, help="datasets root (training and test datasets)")
     p.add_argument("--training-dataset", default=d.training_dataset, help="training set name")
@@ -48,13 +79,16 @@ def _register_global(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-image-size", type=int, default=d.test_image_size)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--test-freq", type=int, default=d.test_freq, help="evaluate every N epochs")
-    p.add_argument("--pretrained", default=d.pretrained, help="imagenet, none, or a .pth path")
+    p.add_argument(
+        "--pretrained",
+        default=d.pretrained,
+        help="imagenet, none, or a .pth path (attention: names the export folder only)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="image-reading threads")
     p.add_argument("--resume", metavar="CKPT", help="checkpoint to continue from")
     p.add_argument("--gpu-id", help="use cuda:<id> (unless --device is given)")
     p.add_argument("--device", help="torch device: cpu or cuda:N (default cpu)")
-    p.set_defaults(func=_run_global)
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -65,11 +99,10 @@ def _device(args: argparse.Namespace) -> str:
     return "cpu"
 
 
-def _run_global(args: argparse.Namespace) -> int:
-    from delfx import train_global
+def _conf(args: argparse.Namespace) -> TrainConfig:
     from delfx.train.loop import TrainConfig
 
-    conf = TrainConfig(
+    return TrainConfig(
         training_dataset=args.training_dataset,
         test_datasets=tuple(s.strip() for s in args.test_datasets.split(",") if s.strip()),
         arch=args.arch,
@@ -96,20 +129,30 @@ def _run_global(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
 
-    def show(epoch: int, lines: list[str]) -> None:
-        print(f"# {epoch}")
-        for line in lines:
-            print(line)
-        print(flush=True)
 
-    out = train_global.main(
-        conf,
-        args.export_dir,
-        root=args.root,
-        resume=args.resume,
-        device=_device(args),
-        progress=not args.quiet,
-        on_eval=show,
-    )
+def _show(epoch: int, lines: list[str]) -> None:
+    print(f"# {epoch}")
+    for line in lines:
+        print(line)
+    print(flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from delfx import train_attention, train_global
+
+    kw = {
+        "root": args.root,
+        "resume": args.resume,
+        "device": _device(args),
+        "progress": not args.quiet,
+        "on_eval": _show,
+    }
+    if args.train_command == "attention":
+        block = args.attention_block
+        out = train_attention.main(
+            _conf(args), args.export_dir, param_directory=args.param_directory, block=block, **kw
+        )
+    else:
+        out = train_global.main(_conf(args), args.export_dir, **kw)
     print(f"wrote {out}")
     return 0

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from delfx.datasets.training import load_training
 from delfx.errors import InputError
 from delfx.io import atomic
-from delfx.models.global_net import ARCHS, GlobalNet, create
+from delfx.models.global_net import ARCHS, create
 from delfx.train import distributed, state
 from delfx.train.epoch import TupleForward, evaluate_dataset, mine_tuples, train_tuples
 from delfx.train.losses import ContrastiveLoss, TripletLoss
@@ -121,14 +122,23 @@ def export_name(conf: TrainConfig) -> str:
     return name + f"_bsize{conf.batch_size}_uevery{conf.update_every}_imsize{conf.image_size}"
 
 
-def make_optimizer(net: GlobalNet, conf: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or SGD; pooling parameters (GeM ``p``) get ``10 * lr`` and no weight decay."""
-    groups: list[dict[str, Any]] = [{"params": list(net.trunk.parameters())}]
-    pool_params = list(net.pool.parameters())
-    if pool_params:
-        groups.append({"params": pool_params, "lr": conf.lr * 10, "weight_decay": 0.0})
-    if net.whiten is not None:
-        groups.append({"params": list(net.whiten.parameters())})
+def make_optimizer(net: nn.Module, conf: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD over ``net``'s trainable parameters.
+
+    A network with ``trainable_parameters()`` (an :class:`~delfx.models.attention.AttentionNet`
+    over a frozen base) gets one group of those. A global network gets its trunk, its pooling
+    parameters (GeM ``p``, at ``10 * lr`` and no weight decay) and its whitening.
+    """
+    groups: list[dict[str, Any]]
+    if callable(getattr(net, "trainable_parameters", None)):
+        groups = [{"params": list(net.trainable_parameters())}]
+    else:
+        groups = [{"params": list(net.trunk.parameters())}]
+        pool_params = list(net.pool.parameters())
+        if pool_params:
+            groups.append({"params": pool_params, "lr": conf.lr * 10, "weight_decay": 0.0})
+        if net.whiten is not None:
+            groups.append({"params": list(net.whiten.parameters())})
     if conf.optimizer == "sgd":
         return torch.optim.SGD(
             groups, lr=conf.lr, momentum=conf.momentum, weight_decay=conf.weight_decay
@@ -145,6 +155,9 @@ class Trainer:
         root: datasets root holding the training set and the test datasets.
         device: torch device.
         progress: show progress bars.
+        net: a prebuilt network to train (moved to ``device``), e.g. an
+            :class:`~delfx.models.attention.AttentionNet`; by default a new global network from
+            ``conf`` (``arch``, ``pool``, ``pretrained``, ``whitening_dim``).
 
     In an initialised process group (world size > 1) the network is trained through
     DistributedDataParallel on this rank's shard of each epoch's tuples, and only rank 0 writes
@@ -159,6 +172,7 @@ class Trainer:
         root: str | os.PathLike[str],
         device: str | torch.device = "cpu",
         progress: bool = False,
+        net: nn.Module | None = None,
     ) -> None:
         self.conf = conf
         self.export_dir = Path(export_dir)
@@ -168,7 +182,9 @@ class Trainer:
         self.split = load_training(root, conf.training_dataset).train
         torch.manual_seed(conf.seed)
         self.rng = np.random.default_rng(conf.seed)
-        self.net = create(conf.arch, conf.pool, conf.pretrained, conf.whitening_dim).to(self.device)
+        if net is None:
+            net = create(conf.arch, conf.pool, conf.pretrained, conf.whitening_dim)
+        self.net = net.to(self.device)
         self.rank, self.world = distributed.rank_world()
         self.model = distributed.wrap(TupleForward(self.net), self.device)
         self.optimizer = make_optimizer(self.net, conf)
@@ -184,7 +200,7 @@ class Trainer:
 
     @property
     def lr(self) -> float:
-        """Current learning rate of the trunk."""
+        """Current learning rate of the first parameter group (the trunk, or the head)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self) -> float:
