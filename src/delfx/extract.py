@@ -18,12 +18,13 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from delfx.datasets.revisited import RetrievalDataset
@@ -101,6 +102,50 @@ def folder_jobs(folder: str | os.PathLike[str]) -> list[Job]:
     return sorted(jobs.values(), key=lambda j: j.name)
 
 
+def source_jobs(
+    root: str | os.PathLike[str] | None,
+    dataset: str | None,
+    images_dir: str | os.PathLike[str] | None,
+) -> tuple[list[Job], str]:
+    """The jobs of a dataset (``root`` and ``dataset``) or of a folder of photos, and a label.
+
+    Raises:
+        InputError: neither or both sources given, or a bad dataset or folder.
+    """
+    if (images_dir is None) == (root is None and dataset is None):
+        raise InputError("extract: give either root and dataset, or images_dir")
+    if images_dir is None:
+        if root is None or dataset is None:
+            raise InputError("extract: root and dataset go together")
+        return dataset_jobs(RetrievalDataset(root, dataset)), f"dataset {dataset}"
+    return folder_jobs(images_dir), f"folder {Path(images_dir).name}"
+
+
+def read_job(job: Job) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], dict[str, Any]]:
+    """Read one job's image, a query cropped to its box.
+
+    Returns:
+        ``(image, offset, full size, group attributes)``: ``image`` ``h x w x 3`` ``uint8``;
+        ``offset`` the ``(x, y)`` corner ``crop_box`` cut (rounded, clipped; add it to the
+        crop's keypoints to put them in the full image); the full image's ``(width, height)``;
+        the ``bbox`` and ``crop`` attributes of a query (empty for a whole image).
+
+    Raises:
+        InputError: the image is missing, truncated or not an image (the message names it).
+    """
+    image = read_image(job.path)
+    h, w = image.shape[:2]
+    if job.bbox is None:
+        return image, (0, 0), (w, h), {}
+    crop = crop_box(image, job.bbox)
+    x1, y1 = max(0, round(job.bbox[0])), max(0, round(job.bbox[1]))
+    attrs = {
+        "bbox": [float(v) for v in job.bbox],
+        "crop": [x1, y1, x1 + crop.shape[1], y1 + crop.shape[0]],
+    }
+    return crop, (x1, y1), (w, h), attrs
+
+
 def extract_job(job: Job, conf: SiftConfig) -> tuple[str, LocalFeatures, dict[str, Any]]:
     """Read one image (cropping a query to its box) and extract its features.
 
@@ -110,19 +155,8 @@ def extract_job(job: Job, conf: SiftConfig) -> tuple[str, LocalFeatures, dict[st
     Raises:
         InputError: the image is missing, truncated or not an image (the message names it).
     """
-    image = read_image(job.path)
-    h, w = image.shape[:2]
-    if job.bbox is None:
-        return job.name, extract_sift(image, conf), {}
-    crop = crop_box(image, job.bbox)
-    # the corner crop_box used (rounded, clipped), so keypoints land in the full image
-    x1, y1 = max(0, round(job.bbox[0])), max(0, round(job.bbox[1]))
-    feats = extract_sift(crop, conf, offset=(x1, y1), image_size=(w, h))
-    attrs = {
-        "bbox": [float(v) for v in job.bbox],
-        "crop": [x1, y1, x1 + crop.shape[1], y1 + crop.shape[0]],
-    }
-    return job.name, feats, attrs
+    image, offset, size, attrs = read_job(job)
+    return job.name, extract_sift(image, conf, offset=offset, image_size=size), attrs
 
 
 _WORKER_CONF: SiftConfig | None = None
@@ -150,6 +184,62 @@ def _results(
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(conf,)) as pool:
         yield from pool.imap(_worker, jobs, chunksize=1)
+
+
+def write_store(
+    out: Path,
+    config: dict[str, Any],
+    jobs: Sequence[Job],
+    results: Callable[[list[Job]], Iterable[tuple[str, LocalFeatures, dict[str, Any]]]],
+    *,
+    label: str,
+    source: str,
+    progress: bool = True,
+    overwrite: bool = False,
+    half: bool = False,
+) -> Path:
+    """Store the features of the ``jobs`` not yet in ``out`` (resuming a file of equal config).
+
+    Args:
+        out: the ``.h5`` feature file.
+        config: the store's config (see :class:`~delfx.io.featurestore.FeatureWriter`).
+        jobs: every image of the run.
+        results: given the jobs still to do, yields ``(name, features, attrs)`` in any order.
+        label: progress bar text.
+        source: what the images are, for the log.
+        progress: show a progress bar (on a terminal).
+        overwrite: start a new file instead of resuming.
+        half: store descriptors as float16.
+
+    Returns:
+        ``out``.
+    """
+    start = time.perf_counter()
+    n_feats = 0
+    with FeatureWriter(out, config, resume=not overwrite, half=half) as writer:
+        todo = [j for j in jobs if not writer.has(j.name)]
+        if len(todo) < len(jobs):
+            logger.info("%s: %d of %d images already stored", out, len(jobs) - len(todo), len(jobs))
+        bar = tqdm(
+            total=len(todo), desc=label, unit="img", leave=False, disable=None if progress else True
+        )
+        with bar:
+            for name, feats, attrs in results(todo) if todo else ():
+                writer.write(name, feats, attrs)
+                n_feats += len(feats)
+                bar.update(1)
+    elapsed = time.perf_counter() - start
+    if todo:
+        logger.info(
+            "%s: %d images from %s in %.1f s (%.2f img/s, %.0f features/image)",
+            out,
+            len(todo),
+            source,
+            elapsed,
+            len(todo) / max(elapsed, 1e-9),
+            n_feats / len(todo),
+        )
+    return out
 
 
 def main(
@@ -185,47 +275,17 @@ def main(
         InputError: bad arguments, an unreadable or truncated image (images stored before it
             stay in ``out``), or an existing ``out`` written with another config.
     """
-    if (images_dir is None) == (root is None and dataset is None):
-        raise InputError("extract: give either root and dataset, or images_dir")
-    if images_dir is None:
-        if root is None or dataset is None:
-            raise InputError("extract: root and dataset go together")
-        jobs = dataset_jobs(RetrievalDataset(root, dataset))
-        source = f"dataset {dataset}"
-    else:
-        jobs = folder_jobs(images_dir)
-        source = f"folder {Path(images_dir).name}"
+    jobs, source = source_jobs(root, dataset, images_dir)
     n_workers = workers if workers is not None else conf.workers
     n_workers = max(1, int(n_workers if n_workers is not None else os.cpu_count() or 1))
-    out = Path(out)
-
-    start = time.perf_counter()
-    n_feats = 0
-    with FeatureWriter(out, conf.store_config(), resume=not overwrite, half=conf.half) as writer:
-        todo = [j for j in jobs if not writer.has(j.name)]
-        if len(todo) < len(jobs):
-            logger.info("%s: %d of %d images already stored", out, len(jobs) - len(todo), len(jobs))
-        bar = tqdm(
-            total=len(todo),
-            desc="extract sift",
-            unit="img",
-            leave=False,
-            disable=None if progress else True,
-        )
-        with bar:
-            for name, feats, attrs in _results(todo, conf.sift, n_workers):
-                writer.write(name, feats, attrs)
-                n_feats += len(feats)
-                bar.update(1)
-    elapsed = time.perf_counter() - start
-    if todo:
-        logger.info(
-            "%s: %d images from %s in %.1f s (%.2f img/s, %.0f features/image)",
-            out,
-            len(todo),
-            source,
-            elapsed,
-            len(todo) / max(elapsed, 1e-9),
-            n_feats / len(todo),
-        )
-    return out
+    return write_store(
+        Path(out),
+        conf.store_config(),
+        jobs,
+        lambda todo: _results(todo, conf.sift, n_workers),
+        label="extract sift",
+        source=source,
+        progress=progress,
+        overwrite=overwrite,
+        half=conf.half,
+    )

@@ -8,11 +8,28 @@ from delfx.cli import add_subcommand
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``extract`` and its subcommands (``sift`` and ``global``)."""
+    """Add ``extract`` and its subcommands (``sift``, ``delf`` and ``global``)."""
     parser = add_subcommand(subparsers, "extract", "extract features into a feature file")
     extract_sub = parser.add_subparsers(dest="extract_command", metavar="EXTRACTOR")
     _register_sift(extract_sub)
+    _register_delf(extract_sub)
     _register_global(extract_sub)
+
+
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    """``--root``/``--dataset`` or ``--images``, and ``--out``, of the local extractors."""
+    parser.add_argument("--root", help="datasets root (with --dataset)")
+    parser.add_argument("--dataset", help="dataset name under --root, e.g. roxford5k")
+    parser.add_argument("--images", metavar="DIR", help="a folder of photos instead of a dataset")
+    parser.add_argument("--out", required=True, metavar="FILE", help="feature file (.h5) to write")
+
+
+def _check_source(args: argparse.Namespace) -> None:
+    """Exactly one source: ``--images``, or ``--root`` with ``--dataset``."""
+    if args.images is not None and (args.root or args.dataset):
+        args._parser.error("give either --images or --root and --dataset, not both")
+    if args.images is None and not (args.root and args.dataset):
+        args._parser.error("give --root and --dataset, or --images")
 
 
 def _register_sift(subparsers: argparse._SubParsersAction) -> None:
@@ -21,10 +38,7 @@ def _register_sift(subparsers: argparse._SubParsersAction) -> None:
     parser = add_subcommand(
         subparsers, "sift", "SIFT / RootSIFT local features of a dataset or a folder of photos"
     )
-    parser.add_argument("--root", help="datasets root (with --dataset)")
-    parser.add_argument("--dataset", help="dataset name under --root, e.g. roxford5k")
-    parser.add_argument("--images", metavar="DIR", help="a folder of photos instead of a dataset")
-    parser.add_argument("--out", required=True, metavar="FILE", help="feature file (.h5) to write")
+    _add_source_flags(parser)
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="rootsift", help="extractor settings"
     )
@@ -40,10 +54,7 @@ def _run_sift(args: argparse.Namespace) -> int:
     from delfx import extract
     from delfx.features.sift import PRESETS
 
-    if args.images is not None and (args.root or args.dataset):
-        args._parser.error("give either --images or --root and --dataset, not both")
-    if args.images is None and not (args.root and args.dataset):
-        args._parser.error("give --root and --dataset, or --images")
+    _check_source(args)
     if args.workers is not None and args.workers < 1:
         args._parser.error("--workers must be at least 1")
     conf = extract.ExtractConfig(sift=PRESETS[args.preset], half=args.half)
@@ -54,6 +65,95 @@ def _run_sift(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         images_dir=args.images,
         workers=args.workers,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _register_delf(subparsers: argparse._SubParsersAction) -> None:
+    from delfx.features.delf import PRESETS
+
+    parser = add_subcommand(
+        subparsers, "delf", "DELF attention-selected local CNN features of a dataset or photos"
+    )
+    _add_source_flags(parser)
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="CKPT|ARCH",
+        help="attention checkpoint; a global checkpoint or an architecture needs --attention l2",
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="seed", help="extractor settings"
+    )
+    parser.add_argument("--feature-num", type=int, help="features kept per image (top attention)")
+    parser.add_argument("--alpha-thresh", type=float, help="minimum attention of a kept feature")
+    parser.add_argument("--scales", metavar="S,S,...", help="image pyramid, e.g. 2,1.414,1,0.707")
+    parser.add_argument("--image-size", type=int, help="longer image side at scale 1 (px)")
+    parser.add_argument(
+        "--pretrained", default="none", help="backbone weights: imagenet, none or a .pth PATH"
+    )
+    parser.add_argument(
+        "--attention",
+        choices=("learned", "l2"),
+        help="l2: L2-norm attention, no training (needed for an architecture name)",
+    )
+    parser.add_argument(
+        "--block", choices=("last", "block3"), help="feature map (default: the model's, or last)"
+    )
+    parser.add_argument("--pca-dim", type=int, metavar="D", help="PCA-whiten descriptors to D")
+    parser.add_argument(
+        "--pca-from", metavar="ROOT:NAME|DIR", help="training images to learn the PCA on"
+    )
+    parser.add_argument(
+        "--pca", metavar="FILE.npz", help="PCA to apply, or where to save the learned one"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda:N")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start a new file instead of resuming --out"
+    )
+    parser.set_defaults(func=_run_delf, _parser=parser)
+
+
+def _scales(args: argparse.Namespace, text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        args._parser.error(f"{flag}: expected comma-separated numbers, got {text}")
+
+
+def _run_delf(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from delfx import extract_delf
+    from delfx.features.delf import PRESETS
+
+    _check_source(args)
+    overrides = {
+        "feature_num": args.feature_num,
+        "alpha_thresh": args.alpha_thresh,
+        "image_size": args.image_size,
+        "scales": None if args.scales is None else _scales(args, args.scales, "--scales"),
+    }
+    conf = dataclasses.replace(
+        PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None}
+    )
+    out = extract_delf.main(
+        conf,
+        args.out,
+        root=args.root,
+        dataset=args.dataset,
+        images_dir=args.images,
+        model=args.model,
+        pretrained=args.pretrained,
+        attention=args.attention,
+        block=args.block,
+        device=args.device,
+        pca=args.pca,
+        pca_dim=args.pca_dim,
+        pca_from=args.pca_from,
         progress=not args.quiet,
         overwrite=args.overwrite,
     )
@@ -85,10 +185,7 @@ def _register_global(subparsers: argparse._SubParsersAction) -> None:
 def _run_global(args: argparse.Namespace) -> int:
     from delfx import extract_global
 
-    try:
-        scales = tuple(float(s) for s in args.multiscale.split(",") if s.strip())
-    except ValueError:
-        args._parser.error(f"--multiscale: expected comma-separated numbers, got {args.multiscale}")
+    scales = _scales(args, args.multiscale, "--multiscale")
     conf = extract_global.GlobalExtractConfig(
         image_size=args.image_size, scales=scales, batch_size=args.batch_size
     )
