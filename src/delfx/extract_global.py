@@ -73,6 +73,7 @@ def resolve_model(
 ) -> GlobalNet:
     """A checkpoint file (see :func:`load_checkpoint`) or a fresh net of an architecture name.
 
+    An attention checkpoint (``delfx train attention``) gives its attention-weighted descriptor.
     A fresh net's random parts (all of it with ``pretrained="none"``) are drawn with seed 0, so
     the same arguments always describe images the same way; the global RNG is left untouched.
 
@@ -82,6 +83,10 @@ def resolve_model(
     if Path(model).is_file():
         if pretrained != "none":
             logger.warning("--pretrained %s ignored: weights come from %s", pretrained, model)
+        from delfx.models.attention import has_attention, load_attention
+
+        if has_attention(model):  # the attention-pooled descriptor of the seed's attention stage
+            return load_attention(model, device)  # type: ignore[return-value]
         return load_checkpoint(model, device)
     if model in ARCHS:
         with torch.random.fork_rng(devices=[]):

@@ -11,8 +11,13 @@ Codebook training images, in order of preference:
 2. the conventional companion dataset when present under ROOT (Oxford <-> Paris);
 3. the dataset's unrelated images: database images in no query's positive or junk lists, so
    nothing that is searched for shapes the vocabulary;
-4. the database itself, only where the pipeline asks for it (``sift-voctree-seed``, as the
+4. the database itself, only where the pipeline asks for it (``*-voctree-seed``, as the
    seed did) or ``--codebook-from database`` is given; a warning says so.
+
+The ``delf-*`` pipelines use DELF features of the network in ``delf`` (:mod:`delfx.run_delf`);
+their PCA, when the pipeline has one, is learned on the independent images of 1-2 only.
+``global+local`` takes the ranking of a global descriptor (``global_opts``) as its first stage
+and verifies its top ``rerank_num`` with DELF features, as DELG does.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from delfx import build_index, extract, search
+from delfx import build_index, extract, run_delf, search
 from delfx.datasets.revisited import COMPANIONS, RetrievalDataset, unrelated_images
 from delfx.errors import InputError
 from delfx.evaluate import score, write_results
@@ -37,6 +42,7 @@ from delfx.index.local import IndexConfig
 from delfx.index.storage import IndexDir, load_arrays, save_arrays
 from delfx.io.featurestore import FeatureReader, load_descriptors
 from delfx.rerank import RerankConfig, rerank_all
+from delfx.run_global import GlobalOptions
 from delfx.verify.ransac import RansacConfig
 
 logger = logging.getLogger(__name__)
@@ -49,16 +55,26 @@ class PipelineConfig:
     """A named experiment.
 
     Attributes:
-        features: SIFT preset (``seed`` or ``rootsift``).
+        features: SIFT preset (``seed`` or ``rootsift``) or ``delf:<preset>``.
         index: index settings.
         codebook_on_database: train on the database itself (the seed's setting).
         rerank: verification settings; ``rerank.rerank_num = 0`` disables verification.
+        pca_dim: PCA-whitening of DELF descriptors to this size (learned on independent images).
+        global_first: rank with the global descriptor instead of a local index.
     """
 
     features: str
     index: IndexConfig
     codebook_on_database: bool = False
     rerank: RerankConfig = field(default_factory=lambda: RerankConfig(rerank_num=0))
+    pca_dim: int | None = None
+    global_first: bool = False
+
+
+#: Verification of DELF features: the seed's ratio test, a tolerance fit for a 16-32 px grid.
+_DELF_RERANK = RerankConfig(
+    rerank_num=0, ratio=0.9, ransac=RansacConfig("homography", threshold=16.0)
+)
 
 
 PIPELINES: dict[str, PipelineConfig] = {
@@ -74,6 +90,29 @@ PIPELINES: dict[str, PipelineConfig] = {
     "sift-voctree": PipelineConfig("rootsift", IndexConfig(kind="voctree", branch=10, height=6)),
     "sift-he": PipelineConfig("rootsift", IndexConfig(kind="he", n_words=16384, ma=3)),
     "sift-asmk": PipelineConfig("rootsift", IndexConfig(kind="asmk", n_words=16384, ma=5)),
+    # the seed's DELF path: its tree trained on the test database, RANSAC on 150
+    "delf-voctree-seed": PipelineConfig(
+        "delf:seed",
+        IndexConfig(kind="voctree", branch=10, height=6, train_per_image=None),
+        codebook_on_database=True,
+        rerank=RerankConfig(
+            rerank_num=0, ratio=0.9, ransac=RansacConfig("homography", threshold=4.0)
+        ),
+    ),
+    # HOW-style: 7 scales, 128-d PCA-whitened, ASMK* with multi-assignment
+    "delf-asmk": PipelineConfig(
+        "delf:multiscale",
+        IndexConfig(kind="asmk", n_words=16384, ma=5),
+        rerank=_DELF_RERANK,
+        pca_dim=128,
+    ),  # fmt: skip
+    "global+local": PipelineConfig(
+        "delf:multiscale",
+        IndexConfig(kind="asmk"),
+        rerank=_DELF_RERANK,
+        pca_dim=128,
+        global_first=True,
+    ),  # fmt: skip
 }
 
 
@@ -88,6 +127,8 @@ class _Run:
     work: Path
     workers: int | None
     progress: bool
+    delf: run_delf.DelfOptions = field(default_factory=run_delf.DelfOptions)
+    pca_from: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def timed(self, key: str, t0: float) -> None:
@@ -95,10 +136,16 @@ class _Run:
 
     def features(self, preset: str, root: Path | None = None, name: str | None = None) -> Path:
         root, name = root or self.root, name or self.dataset.name
-        conf = extract.ExtractConfig(sift=SIFT_PRESETS[preset], workers=self.workers)
-        out = self.work / f"features-sift-{preset}-{name}.h5"
         t0 = time.perf_counter()
-        extract.main(conf, out, root=root, dataset=name, progress=self.progress)  # resumes
+        if preset.startswith("delf:"):
+            out = run_delf.delf_features(
+                self.delf, preset[5:], root, name, self.work,
+                pca_from=self.pca_from if self.delf.pca_dim else None, progress=self.progress,
+            )  # fmt: skip
+        else:
+            conf = extract.ExtractConfig(sift=SIFT_PRESETS[preset], workers=self.workers)
+            out = self.work / f"features-sift-{preset}-{name}.h5"
+            extract.main(conf, out, root=root, dataset=name, progress=self.progress)  # resumes
         self.timed("extract", t0)
         return out
 
@@ -160,6 +207,8 @@ def main(
     matches: str | None = None,
     index_overrides: dict[str, Any] | None = None,
     workers: int | None = None,
+    delf: run_delf.DelfOptions | None = None,
+    global_opts: GlobalOptions | None = None,
     progress: bool = True,
 ) -> Path:
     """Run a named pipeline and write the results JSON.
@@ -177,6 +226,8 @@ def main(
         matches: tentative matches (``ratio``, ``words``, ``both``).
         index_overrides: replace index settings (e.g. ``{"n_words": 1024}`` for small data).
         workers: extraction processes and verification threads.
+        delf: the network and settings of DELF features (``delf-*`` and ``global+local``).
+        global_opts: the global descriptor of ``global+local`` (default: ``delf.model``).
         progress: progress bars.
 
     Returns:
@@ -195,44 +246,23 @@ def main(
         rconf = replace(rconf, matches=matches)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    run = _Run(Path(root), RetrievalDataset(root, dataset), work, workers, progress)
+    ds = RetrievalDataset(root, dataset)
+    delf = delf if delf is not None else run_delf.DelfOptions()
+    if pipe.pca_dim is not None and delf.pca_dim is None:
+        delf = replace(delf, pca_dim=pipe.pca_dim)
+    pca_from = _independent(Path(root), ds.name, codebook_from)
+    run = _Run(Path(root), ds, work, workers, progress, delf, pca_from)
     feats = run.features(pipe.features)
     db_names = [f"db/{n}" for n in run.dataset.images]
     q_names = [f"query/{n}" for n in run.dataset.queries]
-
-    key = _digest([asdict(pipe.index), pipe.features, pipe.codebook_on_database, codebook_from])
-    index_dir = work / f"index-{pipe.index.kind}-{dataset}-{key}"
-    if not IndexDir(index_dir).exists():
+    if pipe.global_first:
         t0 = time.perf_counter()
-        train, source = _training_set(run, pipe, feats, codebook_from)
-        run.timed("codebook_data", t0)
-        t0 = time.perf_counter()
-        build_index.build(
-            pipe.index,
-            feats,
-            index_dir,
-            train_descriptors=train,
-            train_source=source,
-            names=db_names,
-            allow_empty=True,
-            overwrite=True,
-            progress=progress,
-        )
-        run.timed("index", t0)
-    index, names, manifest = build_index.load(index_dir)
-    if names != db_names:
-        raise InputError(f"{index_dir}: indexed images differ from {dataset}'s database")
-
-    ranks_path = index_dir / "ranks.npz"
-    if ranks_path.is_file():
-        arrays = load_arrays(ranks_path)
-        ranks, scores = arrays["ranks"], arrays["scores"]
-    else:
-        t0 = time.perf_counter()
-        with FeatureReader(feats) as reader:
-            ranks, scores = search.rank_queries(index, reader, q_names, progress=progress)
+        gopts = global_opts if global_opts is not None else GlobalOptions(model=delf.model)
+        ranks, scores, meta = run_delf.global_shortlist(gopts, Path(root), dataset, work, progress)
         run.timed("search", t0)
-        save_arrays(ranks_path, {"ranks": ranks, "scores": scores})
+        index, extra = None, {"global_model": meta}
+    else:
+        index, ranks, scores, extra = _local_stage(run, pipe, feats, codebook_from, q_names)
     run.timings["search_per_query_ms"] = 1000 * run.timings.get("search", 0.0) / len(q_names)
 
     method = pipeline
@@ -248,7 +278,7 @@ def main(
                 q_names,
                 db_names,
                 junk=junk,
-                words_fn=index.words,
+                words_fn=None if index is None else index.words,
                 progress=progress,
             )
         run.timed("verify", t0)
@@ -269,7 +299,64 @@ def main(
             "features": pipe.features,
             "index": asdict(pipe.index),
             "rerank": {**asdict(rconf), "ransac": asdict(rconf.ransac)},
+            **({"delf": asdict(delf)} if pipe.features.startswith("delf:") else {}),
         },
-        codebook=manifest.get("train_source"),
-        index_bytes_per_image=index.nbytes() / max(index.n_images, 1),
+        **extra,
     )
+
+
+def _independent(root: Path, name: str, codebook_from: str | None) -> str | None:
+    """``ROOT:NAME`` of an independent dataset (``--codebook-from`` or the companion), or None."""
+    if codebook_from is not None and ":" in codebook_from and not codebook_from.endswith(".h5"):
+        return codebook_from
+    other = COMPANIONS.get(name)
+    if codebook_from is None and other is not None and other in _present(root):
+        return f"{root}:{other}"
+    return None
+
+
+def _local_stage(
+    run: _Run, pipe: PipelineConfig, feats: Path, codebook_from: str | None, q_names: list[str]
+) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Build (or reuse) the local index and rank every query: ``(index, ranks, scores, info)``."""
+    dataset = run.dataset.name
+    db_names = [f"db/{n}" for n in run.dataset.images]
+    key = _digest(
+        [asdict(pipe.index), pipe.features, pipe.codebook_on_database, codebook_from, feats.name]
+    )
+    index_dir = run.work / f"index-{pipe.index.kind}-{dataset}-{key}"
+    if not IndexDir(index_dir).exists():
+        t0 = time.perf_counter()
+        train, source = _training_set(run, pipe, feats, codebook_from)
+        run.timed("codebook_data", t0)
+        t0 = time.perf_counter()
+        build_index.build(
+            pipe.index,
+            feats,
+            index_dir,
+            train_descriptors=train,
+            train_source=source,
+            names=db_names,
+            allow_empty=True,
+            overwrite=True,
+            progress=run.progress,
+        )
+        run.timed("index", t0)
+    index, names, manifest = build_index.load(index_dir)
+    if names != db_names:
+        raise InputError(f"{index_dir}: indexed images differ from {dataset}'s database")
+    ranks_path = index_dir / "ranks.npz"
+    if ranks_path.is_file():
+        arrays = load_arrays(ranks_path)
+        ranks, scores = arrays["ranks"], arrays["scores"]
+    else:
+        t0 = time.perf_counter()
+        with FeatureReader(feats) as reader:
+            ranks, scores = search.rank_queries(index, reader, q_names, progress=run.progress)
+        run.timed("search", t0)
+        save_arrays(ranks_path, {"ranks": ranks, "scores": scores})
+    info = {
+        "codebook": manifest.get("train_source"),
+        "index_bytes_per_image": index.nbytes() / max(index.n_images, 1),
+    }
+    return index, ranks, scores, info

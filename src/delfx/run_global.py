@@ -68,7 +68,8 @@ class GlobalOptions:
 GLOBAL_PIPELINES = ("global-gem", "global-gem-whiten")
 
 
-def _describe(opts: GlobalOptions, root: Path, name: str, work: Path, progress: bool) -> Path:
+def describe_cached(opts: GlobalOptions, root: Path, name: str, work: Path, progress: bool) -> Path:
+    """Global descriptors of dataset ``name`` in ``work`` (described once per setting)."""
     key = hashlib.sha1(
         json.dumps(
             [opts.model, opts.pretrained, opts.pooling, opts.image_size, opts.scales]
@@ -107,7 +108,7 @@ def _whitening_data(
     elif (ds.root / COMPANIONS.get(ds.name, "\0")).is_dir():
         other_root, other = str(ds.root), COMPANIONS[ds.name]
     if other is not None:
-        path = _describe(opts, Path(other_root), other, work, progress)
+        path = describe_cached(opts, Path(other_root), other, work, progress)
         return extract_global.load_global(path)[0], f"dataset {other}"
     unrelated = unrelated_images(ds)
     if len(unrelated) < 2 * db.shape[1] // 8:
@@ -165,7 +166,7 @@ def main(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     db, q, _, _, attrs = extract_global.load_global(
-        _describe(opts, Path(root), dataset, work, progress)
+        describe_cached(opts, Path(root), dataset, work, progress)
     )
     timings["describe"] = time.perf_counter() - t0
     extra: dict[str, Any] = {"model_meta": attrs.get("model_meta", {})}

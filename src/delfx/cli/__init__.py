@@ -19,7 +19,7 @@ from delfx.errors import DelfxError
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
-    from delfx.cli import data, demo, evaluate, extract, index, run, train
+    from delfx.cli import data, demo, evaluate, extract, index, pipeline, run, train
 
     parser = argparse.ArgumentParser(
         prog="delfx",
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     extract.register(sub)
     index.register(sub)
+    pipeline.register(sub)
     run.register(sub)
     train.register(sub)
     return parser

@@ -10,6 +10,7 @@ from delfx import run, run_global
 from delfx.cli import add_subcommand
 from delfx.errors import InputError
 from delfx.evaluation.report import format_lines
+from delfx.run_delf import DelfOptions
 from delfx.run_global import GLOBAL_PIPELINES
 
 
@@ -72,6 +73,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ROOT:NAME",
         help="learn Lw from this training set's query-positive pairs",
     )
+    d = parser.add_argument_group("DELF pipelines (delf-*, global+local)")
+    d.add_argument(
+        "--attention",
+        choices=("learned", "l2"),
+        help="l2: L2-norm attention on --model (no training); default: the checkpoint's head",
+    )
+    d.add_argument(
+        "--block", choices=("last", "block3"), help="feature block (default: the checkpoint's)"
+    )
+    d.add_argument("--feature-num", type=int, help="DELF features per image")
+    d.add_argument("--alpha-thresh", type=float, help="lowest attention score kept")
+    d.add_argument("--scales", metavar="S,S,...", help="DELF image pyramid scales")
+    d.add_argument("--delf-image-size", type=int, help="DELF longer image side before scaling")
+    d.add_argument("--pca-dim", type=int, help="PCA-whitened DELF dimension (independent images)")
+    d.add_argument("--global-model", help="global+local: global checkpoint (default: --model)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run)
 
@@ -119,6 +135,14 @@ def _run(args: argparse.Namespace) -> int:
         args.dataset,
         args.work,
         args.output,
+        delf=_delf_options(args),
+        global_opts=run_global.GlobalOptions(
+            model=args.global_model or args.model,
+            pretrained=args.pretrained,
+            pooling=args.pool,
+            image_size=args.image_size,
+            device=args.device,
+        ),
         rerank_num=args.rerank_num,
         codebook_from=args.codebook_from,
         drop_junk=args.drop_junk,
@@ -129,6 +153,29 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     return _report(out)
+
+
+def _delf_options(args: argparse.Namespace) -> DelfOptions:
+    settings = {
+        k: v
+        for k, v in (
+            ("feature_num", args.feature_num),
+            ("alpha_thresh", args.alpha_thresh),
+            ("scales", args.scales),
+            ("image_size", args.delf_image_size),
+        )
+        if v is not None
+    }
+    return DelfOptions(
+        model=args.model,
+        pretrained=args.pretrained,
+        pooling=args.pool,
+        attention=args.attention,
+        block=args.block,
+        pca_dim=args.pca_dim,
+        settings=settings,
+        device=args.device,
+    )
 
 
 def _report(out: Path) -> int:
