@@ -86,6 +86,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="image-reading threads")
+    p.add_argument(
+        "--bn-calibration",
+        type=int,
+        default=d.bn_calibration,
+        metavar="N",
+        help="with --pretrained none: batch-norm statistics from N training images (0: off)",
+    )
     p.add_argument("--resume", metavar="CKPT", help="checkpoint to continue from")
     p.add_argument("--gpu-id", help="use cuda:<id> (unless --device is given)")
     p.add_argument("--device", help="torch device: cpu or cuda:N (default cpu)")
@@ -127,6 +134,7 @@ def _conf(args: argparse.Namespace) -> TrainConfig:
         pretrained=args.pretrained,
         seed=args.seed,
         workers=args.workers,
+        bn_calibration=args.bn_calibration,
     )
 
 

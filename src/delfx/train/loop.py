@@ -62,6 +62,9 @@ class TrainConfig:
         pretrained: ``none``, ``imagenet`` or a backbone state-dict path.
         seed: seed of the torch and numpy generators.
         workers: threads that read images (0 reads in the main thread).
+        bn_calibration: with ``pretrained == "none"``, set the frozen batch-norm statistics from
+            this many training images before training (0: keep mean 0, variance 1); see
+            :mod:`delfx.train.bn_calibration`.
     """
 
     training_dataset: str = "retrieval-SfM-120k"
@@ -88,6 +91,7 @@ class TrainConfig:
     pretrained: str = "imagenet"
     seed: int = 0
     workers: int = 0
+    bn_calibration: int = 200
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -182,9 +186,12 @@ class Trainer:
         self.split = load_training(root, conf.training_dataset).train
         torch.manual_seed(conf.seed)
         self.rng = np.random.default_rng(conf.seed)
+        fresh = net is None
         if net is None:
             net = create(conf.arch, conf.pool, conf.pretrained, conf.whitening_dim)
         self.net = net.to(self.device)
+        if fresh and conf.pretrained == "none" and conf.bn_calibration > 0:
+            self._calibrate()
         self.rank, self.world = distributed.rank_world()
         self.model = distributed.wrap(TupleForward(self.net), self.device)
         self.optimizer = make_optimizer(self.net, conf)
@@ -197,6 +204,22 @@ class Trainer:
         self.best: float | None = None
         self.fields = state.log_fields(conf.test_datasets)
         self.rows: list[dict[str, str]] = []
+
+    def _calibrate(self) -> None:
+        """Batch-norm statistics of a random network from training images (seeded sample)."""
+        from delfx.io.images import read_image
+        from delfx.train.bn_calibration import calibrate_batchnorm
+
+        pick = np.random.default_rng(self.conf.seed + 1).permutation(len(self.split.images))
+        paths = [self.split.images[i] for i in pick[: self.conf.bn_calibration]]
+        calibrate_batchnorm(
+            self.net,
+            (read_image(p) for p in paths),
+            self.conf.image_size,
+            self.device,
+            self.net.mean,
+            self.net.std,
+        )
 
     @property
     def lr(self) -> float:
