@@ -1,9 +1,10 @@
 """Does tuple fine-tuning learn on this CPU? A tiny from-scratch run with a held-out test split.
 
 The realviews groups are split by place (alternate groups after sorting): training places give
-a training set whose clusters hold each place's real views plus ``delfx data synth`` views of them
-(homographies, crops, photometric changes, occluders); test places give two benchmarks that share
-no place, photo or distractor with training:
+a training set whose clusters hold, per photo (``--clusters photo``, many clusters) or per place,
+the real photo(s) plus ``delfx data synth`` views of them (homographies, crops, photometric
+changes, occluders); test places give two benchmarks that share no place, photo or distractor
+with training:
 
 - ``learn-synth-test``: ``delfx data synth`` of one photo per test place over half the distractors;
 - ``learn-real-test``: the test places' real views (``delfx data build-groups``), the other half of
@@ -47,7 +48,9 @@ def _photos(group: Path) -> list[Path]:
     return sorted(p for p in group.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
-def build(realviews: Path, work: Path, size: int, views: int, seed: int) -> Path:
+def build(
+    realviews: Path, work: Path, size: int, views: int, seed: int, clusters: str = "photo"
+) -> Path:
     """Write the training set and the two test benchmarks under ``work/data``; returns the root."""
     root = work / "data"
     if (root / "learn-train").is_dir():
@@ -70,14 +73,16 @@ def build(realviews: Path, work: Path, size: int, views: int, seed: int) -> Path
     )
     gnd = json.loads((syn / "gnd_train.json").read_text())
     for q, truth in zip(gnd["qimlist"], gnd["gnd"], strict=True):
-        place = q.split("__")[0]
+        # one cluster per photo (its synthetic views) or per place (all its photos' views)
+        place = q.split("__")[0] if clusters == "place" else q.removesuffix("_q")
         for i in truth["easy"] + truth["hard"]:
             name = gnd["imlist"][i]
             (tmp / "train_groups" / place).mkdir(parents=True, exist_ok=True)
             shutil.copy(syn / "jpg" / f"{name}.jpg", tmp / "train_groups" / place / f"{name}.jpg")
     for g in train_places:
         for p in _photos(g):
-            _shrink(p, tmp / "train_groups" / g.name / f"real_{p.stem}.jpg", size)
+            group = g.name if clusters == "place" else f"{g.name}__{p.stem}"
+            _shrink(p, tmp / "train_groups" / group / f"real_{p.stem}.jpg", size)
     build_training.main(tmp / "train_groups", root, "learn-train", val_fraction=0, seed=seed)
     # test places: one photo each for synth, every view for the real benchmark
     for g in test_places:
@@ -123,11 +128,17 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--clusters",
+        choices=("photo", "place"),
+        default="photo",
+        help="training clusters: each photo's synthetic views, or each place's photos and views",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    root = build(args.realviews, args.work, args.size, args.views, args.seed)
+    root = build(args.realviews, args.work, args.size, args.views, args.seed, args.clusters)
     t_data = time.perf_counter() - t0
     conf = TrainConfig(
         training_dataset="learn-train",

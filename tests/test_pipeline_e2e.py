@@ -72,3 +72,17 @@ def test_tiny_config_runs_end_to_end_and_skips_what_is_done(
     skipped = [line for line in err.splitlines() if "skipped" in line]
     assert any("finetune" in m for m in skipped) and any("attention" in m for m in skipped)
     assert any("dataset tiny-test: present" in m for m in skipped)
+
+    # the same pipeline through `delfx run` with the config's settings as flags: same result
+    attention = sorted((tmp_path / "run" / "attention_models").glob("*/model_best.pth"))[0]
+    flags = ["--scales", "1,0.707,0.5", "--delf-image-size", "320", "--feature-num", "300"]
+    flags += ["--pca-dim", "64", "--codebook-size", "256", "--pretrained", "none", "--no-progress"]
+    out = tmp_path / "cli-asmk.json"
+    code = cli_main(
+        ["run", "delf-asmk", "--root", str(tmp_path / "data"), "--dataset", "tiny-test"]
+        + ["--work", str(tmp_path / "run" / "cache"), "--output", str(out)]
+        + ["--model", str(attention), "--codebook-from", f"{tmp_path / 'data'}:tiny-indep"]
+        + flags
+    )
+    assert code == 0
+    assert json.loads(out.read_text())["protocols"] == asmk["protocols"]
