@@ -107,6 +107,7 @@ def experiment(args: argparse.Namespace) -> dict:
                 {"name": "delf-asmk", "rerank-num": rerank},
                 "global-gem",
                 {"name": "global+local", "rerank-num": rerank},
+                "global+asmk",
             ],  # fmt: skip
         },
     }

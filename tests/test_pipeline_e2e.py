@@ -51,6 +51,7 @@ def test_tiny_config_runs_end_to_end_and_skips_what_is_done(
         "delf-asmk",
         "delf-asmk+sv20",
         "global+local+sv20",
+        "global+asmk",
     ]
     for res in summary["results"]:
         assert res["dataset"] == "tiny-test" and res["n_queries"] == 9

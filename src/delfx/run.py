@@ -17,7 +17,8 @@ Codebook training images, in order of preference:
 The ``delf-*`` pipelines use DELF features of the network in ``delf`` (:mod:`delfx.run_delf`);
 their PCA, when the pipeline has one, is learned on the independent images of 1-2 only.
 ``global+local`` takes the ranking of a global descriptor (``global_opts``) as its first stage
-and verifies its top ``rerank_num`` with DELF features, as DELG does.
+and verifies its top ``rerank_num`` with DELF features, as DELG does; ``global+asmk`` ranks by
+the sum of the DELF ASMK* score and the global cosine similarity.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from delfx.datasets.revisited import COMPANIONS, RetrievalDataset, unrelated_ima
 from delfx.errors import InputError
 from delfx.evaluate import score, write_results
 from delfx.features.sift import PRESETS as SIFT_PRESETS
+from delfx.index.fusion import fuse_rankings
 from delfx.index.local import IndexConfig
 from delfx.index.storage import IndexDir, load_arrays, save_arrays
 from delfx.io.featurestore import FeatureReader, load_descriptors
@@ -61,6 +63,7 @@ class PipelineConfig:
         rerank: verification settings; ``rerank.rerank_num = 0`` disables verification.
         pca_dim: PCA-whitening of DELF descriptors to this size (learned on independent images).
         global_first: rank with the global descriptor instead of a local index.
+        fuse_global: rank by the local index's score plus the global cosine similarity.
     """
 
     features: str
@@ -69,6 +72,7 @@ class PipelineConfig:
     rerank: RerankConfig = field(default_factory=lambda: RerankConfig(rerank_num=0))
     pca_dim: int | None = None
     global_first: bool = False
+    fuse_global: bool = False
 
 
 #: Verification of DELF features: the seed's ratio test, a tolerance fit for a 16-32 px grid.
@@ -112,6 +116,13 @@ PIPELINES: dict[str, PipelineConfig] = {
         rerank=_DELF_RERANK,
         pca_dim=128,
         global_first=True,
+    ),  # fmt: skip
+    "global+asmk": PipelineConfig(
+        "delf:multiscale",
+        IndexConfig(kind="asmk", n_words=16384, ma=5),
+        rerank=_DELF_RERANK,
+        pca_dim=128,
+        fuse_global=True,
     ),  # fmt: skip
 }
 
@@ -255,14 +266,21 @@ def main(
     feats = run.features(pipe.features)
     db_names = [f"db/{n}" for n in run.dataset.images]
     q_names = [f"query/{n}" for n in run.dataset.queries]
-    if pipe.global_first:
+    index, extra = None, {}
+    if not pipe.global_first:
+        index, ranks, scores, extra = _local_stage(run, pipe, feats, codebook_from, q_names)
+    if pipe.global_first or pipe.fuse_global:
         t0 = time.perf_counter()
         gopts = global_opts if global_opts is not None else GlobalOptions(model=delf.model)
-        ranks, scores, meta = run_delf.global_shortlist(gopts, Path(root), dataset, work, progress)
+        g_ranks, g_scores, meta = run_delf.global_shortlist(
+            gopts, Path(root), dataset, work, progress
+        )
+        if pipe.fuse_global:
+            ranks, scores = fuse_rankings(ranks, scores, g_ranks, g_scores, len(db_names))
+        else:
+            ranks, scores = g_ranks, g_scores
         run.timed("search", t0)
-        index, extra = None, {"global_model": meta}
-    else:
-        index, ranks, scores, extra = _local_stage(run, pipe, feats, codebook_from, q_names)
+        extra["global_model"] = meta
     run.timings["search_per_query_ms"] = 1000 * run.timings.get("search", 0.0) / len(q_names)
 
     method = pipeline
