@@ -193,8 +193,8 @@ def main(exp: Experiment, *, progress: bool = True, on_line: LineCallback | None
         InputError: a bad dataset, checkpoint or setting (the message names it).
     """
     from delfx import run_global
+    from delfx.global_options import GLOBAL_PIPELINES, GlobalOptions
     from delfx.run_delf import DelfOptions
-    from delfx.run_global import GLOBAL_PIPELINES, GlobalOptions
 
     exp.work.mkdir(parents=True, exist_ok=True)
     build_data(exp, progress)

@@ -75,7 +75,7 @@ class PipelineRun:
 class Experiment:
     """A whole experiment: datasets, fine-tuning, attention, extraction, indexing, evaluation.
 
-    ``finetune`` and ``attention`` hold :class:`~delfx.train.loop.TrainConfig` keyword values;
+    ``finetune`` and ``attention`` hold :class:`~delfx.train.config.TrainConfig` keyword values;
     ``extract`` holds :class:`~delfx.features.delf.DelfConfig` values plus ``pca_dim``,
     ``attention`` (``l2`` to skip attention training) and ``model`` (a checkpoint or an
     architecture when there is no fine-tuning stage).
@@ -110,7 +110,7 @@ def _check_fields(d: dict[str, Any], allowed: set[str], where: str, path: Path) 
 
 
 def _train_fields() -> set[str]:
-    from delfx.train.loop import TrainConfig
+    from delfx.train.config import TrainConfig
 
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -154,8 +154,8 @@ def _data_steps(raw: Any, path: Path) -> tuple[DataStep, ...]:
 
 
 def _pipelines(raw: Any, path: Path) -> tuple[PipelineRun, ...]:
+    from delfx.global_options import GLOBAL_PIPELINES
     from delfx.run import PIPELINES
-    from delfx.run_global import GLOBAL_PIPELINES
 
     if not isinstance(raw, list) or not raw:
         raise InputError(f"{path}: 'evaluate.pipelines' must be a non-empty list")

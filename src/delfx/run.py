@@ -39,12 +39,12 @@ from delfx.datasets.revisited import COMPANIONS, RetrievalDataset, unrelated_ima
 from delfx.errors import InputError
 from delfx.evaluate import score, write_results
 from delfx.features.sift import PRESETS as SIFT_PRESETS
+from delfx.global_options import GlobalOptions
 from delfx.index.fusion import fuse_rankings
 from delfx.index.local import IndexConfig
 from delfx.index.storage import IndexDir, load_arrays, save_arrays
 from delfx.io.featurestore import FeatureReader, load_descriptors
 from delfx.rerank import RerankConfig, rerank_all
-from delfx.run_global import GlobalOptions
 from delfx.verify.ransac import RansacConfig
 
 logger = logging.getLogger(__name__)

@@ -70,7 +70,7 @@ def delf_config(preset: str, opts: DelfOptions) -> Any:
     Raises:
         InputError: unknown preset or setting.
     """
-    from delfx.features.delf import PRESETS
+    from delfx.features.delf_config import PRESETS
 
     if preset not in PRESETS:
         raise InputError(f"DELF preset '{preset}': expected one of {', '.join(PRESETS)}")
@@ -161,7 +161,7 @@ def global_shortlist(
     """Rank the database by global descriptor similarity.
 
     Args:
-        opts: :class:`~delfx.run_global.GlobalOptions`.
+        opts: :class:`~delfx.global_options.GlobalOptions`.
 
     Returns:
         ``(ranks Q x N, scores Q x N, model meta)``.

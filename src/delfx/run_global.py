@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,42 +30,13 @@ from delfx.datasets.revisited import COMPANIONS, RetrievalDataset, unrelated_ima
 from delfx.datasets.training import SFM120K, load_training, load_whitening_pairs
 from delfx.errors import InputError
 from delfx.evaluate import score, write_results
+from delfx.global_options import GLOBAL_PIPELINES, GlobalOptions
 from delfx.index.global_search import alpha_qe, dba, rank_ip
 from delfx.io.images import read_image
 from delfx.models.describe import describe_images
 from delfx.models.whitening import apply_whitening, learn_whitening, pca_whiten
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GlobalOptions:
-    """Settings of a global-descriptor run.
-
-    Attributes:
-        model: checkpoint path or architecture name.
-        pretrained: backbone weights for an architecture (``imagenet``, ``none``, a path).
-        pooling: pooling for an architecture (a checkpoint carries its own).
-        image_size: longer side of the images given to the network.
-        scales: image scales, averaged (``1,0.707,0.5`` is the usual multi-scale setting).
-        qe: αQE neighbours (0: off).
-        dba: database-side augmentation neighbours (0: off).
-        alpha: αQE / DBA weight exponent.
-        device: torch device.
-    """
-
-    model: str = "resnet50"
-    pretrained: str = "imagenet"
-    pooling: str = "gem"
-    image_size: int = 1024
-    scales: tuple[float, ...] = (1.0,)
-    qe: int = 0
-    dba: int = 0
-    alpha: float = 3.0
-    device: str = "cpu"
-
-
-GLOBAL_PIPELINES = ("global-gem", "global-gem-whiten")
 
 
 def describe_cached(opts: GlobalOptions, root: Path, name: str, work: Path, progress: bool) -> Path:

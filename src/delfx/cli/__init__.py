@@ -83,6 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"delfx: error: {first}{' [...] (--debug for more)' if rest else ''}", file=sys.stderr
         )
         return 2
+    except ModuleNotFoundError as exc:
+        if args.debug or exc.name not in ("torch", "torchvision"):
+            raise
+        print(
+            f"delfx: error: this command needs {exc.name}: pip install 'delfx[torch]'",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("delfx: interrupted", file=sys.stderr)
         return 130

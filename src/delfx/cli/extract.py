@@ -73,7 +73,7 @@ def _run_sift(args: argparse.Namespace) -> int:
 
 
 def _register_delf(subparsers: argparse._SubParsersAction) -> None:
-    from delfx.features.delf import PRESETS
+    from delfx.features.delf_config import PRESETS
 
     parser = add_subcommand(
         subparsers, "delf", "DELF attention-selected local CNN features of a dataset or photos"
@@ -128,7 +128,7 @@ def _run_delf(args: argparse.Namespace) -> int:
     import dataclasses
 
     from delfx import extract_delf
-    from delfx.features.delf import PRESETS
+    from delfx.features.delf_config import PRESETS
 
     _check_source(args)
     overrides = {

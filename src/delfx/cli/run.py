@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from delfx import run, run_global
+from delfx import run
 from delfx.cli import add_subcommand
 from delfx.errors import InputError
 from delfx.evaluation.report import format_lines
+from delfx.global_options import GLOBAL_PIPELINES, GlobalOptions
 from delfx.run_delf import DelfOptions
-from delfx.run_global import GLOBAL_PIPELINES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
             scales = tuple(float(v) for v in args.multiscale.split(","))
         except ValueError:
             raise InputError(f"--multiscale '{args.multiscale}': expected numbers") from None
-        opts = run_global.GlobalOptions(
+        opts = GlobalOptions(
             model=args.model,
             pretrained=args.pretrained,
             pooling=args.pool,
@@ -108,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
             dba=args.dba,
             device=args.device,
         )
+        from delfx import run_global
+
         out = run_global.main(
             args.pipeline,
             args.root,
@@ -136,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         args.work,
         args.output,
         delf=_delf_options(args),
-        global_opts=run_global.GlobalOptions(
+        global_opts=GlobalOptions(
             model=args.global_model or args.model,
             pretrained=args.pretrained,
             pooling=args.pool,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from delfx.cli import add_subcommand
 
 if TYPE_CHECKING:
-    from delfx.train.loop import TrainConfig
+    from delfx.train.config import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """The training flags of ``train global`` and ``train attention``."""
-    from delfx.train.loop import TrainConfig
+    from delfx.train.config import TrainConfig
 
     d = TrainConfig()
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="folder for <export name>/ outputs")
@@ -107,7 +107,7 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def _conf(args: argparse.Namespace) -> TrainConfig:
-    from delfx.train.loop import TrainConfig
+    from delfx.train.config import TrainConfig
 
     return TrainConfig(
         training_dataset=args.training_dataset,

@@ -22,21 +22,11 @@ from torch import Tensor, nn
 
 from delfx.errors import InputError
 from delfx.io import atomic
+from delfx.models.archs import ARCHS
 from delfx.models.pooling import POOLINGS, GeM, l2n
 from delfx.models.weights import resolve_backbone
 
 logger = logging.getLogger(__name__)
-
-#: Supported backbones and the channel count of their trunk's output.
-ARCHS: dict[str, int] = {
-    "resnet18": 512,
-    "resnet34": 512,
-    "resnet50": 2048,
-    "resnet101": 2048,
-    "resnet152": 2048,
-    "vgg16": 512,
-    "densenet121": 1024,
-}
 
 #: ImageNet normalisation of torchvision backbones.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
