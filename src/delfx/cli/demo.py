@@ -59,7 +59,8 @@ def _print(summary: dict, work: Path | None) -> None:
     print()
     print("sift-asmk: RootSIFT + ASMK* (codebook trained on distractor photos only); +svN: the")
     print("top N verified with MAGSAC++. sift-voctree-seed: the seed's SIFT vocabulary tree,")
-    print("trained on the test database as the seed did. The global CNN and DELF pipelines have")
-    print("not landed yet.")
+    print("trained on the test database as the seed did. The CNN and DELF pipelines need a")
+    print("trained network: 'delfx pipeline configs/tiny-cpu.yaml' trains one here (needs")
+    print("the torch extra, installed by 'make test').")
     if work is not None:
         print(f"Datasets and results JSON kept in {work}")
