@@ -32,15 +32,9 @@ from typing import Any
 import numpy as np
 
 from delfx.errors import InputError
-from delfx.index.flat import FlatCodebookIndex
+from delfx.index.flat import FlatCodebookIndex, stack_lists
 from delfx.index.hamming import pack_bits, random_projection
-from delfx.index.he import (
-    check_new_ids,
-    check_query,
-    multi_assign,
-    stack_lists,
-    training_set,
-)
+from delfx.index.he import check_new_ids, check_query, multi_assign
 from delfx.index.invfile import (
     InvertedFile,
     Segment,
@@ -169,20 +163,6 @@ class ASMKIndex(FlatCodebookIndex):
         c = np.ascontiguousarray(centroids, dtype=np.float32)
         proj = None if n_bits is None else random_projection(c.shape[1], int(n_bits), seed)
         return cls(c, projection=proj, **options)
-
-    @classmethod
-    def build(
-        cls,
-        descriptor_lists: Sequence[np.ndarray],
-        n_words: int,
-        *,
-        train_descriptors: np.ndarray | None = None,
-        **kwargs: Any,
-    ) -> ASMKIndex:
-        """:meth:`train` on ``train_descriptors`` (default: all of them), then :meth:`add`."""
-        if train_descriptors is None:
-            train_descriptors = training_set(descriptor_lists)
-        return cls.train(train_descriptors, n_words, **kwargs).add(descriptor_lists)
 
     # -- aggregation ---------------------------------------------------------------------------
 

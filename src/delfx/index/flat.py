@@ -31,6 +31,33 @@ def rank(scores: np.ndarray, top_k: int | None) -> tuple[np.ndarray, np.ndarray]
     return order.astype(np.int64), scores[order]
 
 
+def stack_lists(descriptor_lists: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-image descriptor arrays.
+
+    Args:
+        descriptor_lists: one ``(n_i, D)`` array per image; an empty array is an image with no
+            features.
+        dim: expected ``D``.
+
+    Returns:
+        ``(N, D)`` float32 descriptors and ``(B,)`` int64 counts ``n_i``.
+    """
+    parts, counts = [], []
+    for i, arr in enumerate(descriptor_lists):
+        a = np.asarray(arr)
+        if a.size == 0:
+            counts.append(0)
+            continue
+        if a.ndim != 2 or a.shape[1] != dim:
+            raise InputError(f"image {i}: descriptors have shape {a.shape}, expected (n, {dim})")
+        if not np.isfinite(a).all():
+            raise InputError(f"image {i}: descriptors contain NaN or infinity")
+        parts.append(np.asarray(a, dtype=np.float32))
+        counts.append(a.shape[0])
+    x = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    return np.ascontiguousarray(x), np.asarray(counts, dtype=np.int64)
+
+
 class FlatCodebookIndex:
     """Shared query-side methods of :class:`~delfx.index.he.HEIndex` and ASMK*."""
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from delfx.errors import InputError
-from delfx.index.flat import FlatCodebookIndex
+from delfx.index.flat import FlatCodebookIndex, stack_lists
 from delfx.index.hamming import MAX_H, SIGMA, HEParams, he_weight, signatures, train_he
 from delfx.index.invfile import (
     InvertedFile,
@@ -61,41 +61,6 @@ def check_query(descriptors: np.ndarray, dim: int) -> np.ndarray:
     if not np.isfinite(x).all():
         raise InputError("query descriptors contain NaN or infinity")
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def stack_lists(descriptor_lists: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate per-image descriptor arrays.
-
-    Args:
-        descriptor_lists: one ``(n_i, D)`` array per image; an empty array is an image with no
-            features.
-        dim: expected ``D``.
-
-    Returns:
-        ``(N, D)`` float32 descriptors and ``(B,)`` int64 counts ``n_i``.
-    """
-    parts, counts = [], []
-    for i, arr in enumerate(descriptor_lists):
-        a = np.asarray(arr)
-        if a.size == 0:
-            counts.append(0)
-            continue
-        if a.ndim != 2 or a.shape[1] != dim:
-            raise InputError(f"image {i}: descriptors have shape {a.shape}, expected (n, {dim})")
-        if not np.isfinite(a).all():
-            raise InputError(f"image {i}: descriptors contain NaN or infinity")
-        parts.append(np.asarray(a, dtype=np.float32))
-        counts.append(a.shape[0])
-    x = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
-    return np.ascontiguousarray(x), np.asarray(counts, dtype=np.int64)
-
-
-def training_set(descriptor_lists: Sequence[np.ndarray]) -> np.ndarray:
-    """All descriptors of the images that have some, stacked ``(N, D)`` (for ``build``)."""
-    sized = [np.asarray(a) for a in descriptor_lists if np.asarray(a).size]
-    if not sized:
-        raise InputError("build: no image has descriptors")
-    return stack_lists(sized, sized[0].shape[-1])[0]
 
 
 def check_new_ids(image_ids: Sequence[int] | np.ndarray | None, first: int, count: int) -> None:
@@ -264,20 +229,6 @@ class HEIndex(FlatCodebookIndex):
         words = assign(descriptors, quantizer)[:, 0]
         params = train_he(descriptors, words, c.shape[0], seed=seed, min_count=min_count)
         return cls(c, params, quantizer=quantizer, **options)
-
-    @classmethod
-    def build(
-        cls,
-        descriptor_lists: Sequence[np.ndarray],
-        n_words: int,
-        *,
-        train_descriptors: np.ndarray | None = None,
-        **kwargs: Any,
-    ) -> HEIndex:
-        """:meth:`train` on ``train_descriptors`` (default: all of them), then :meth:`add`."""
-        if train_descriptors is None:
-            train_descriptors = training_set(descriptor_lists)
-        return cls.train(train_descriptors, n_words, **kwargs).add(descriptor_lists)
 
     # -- adding -------------------------------------------------------------------------------
 
