@@ -33,7 +33,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from delfx.errors import InputError
-from delfx.models.global_net import ARCHS, GlobalNet, create, load_checkpoint
+from delfx.models.global_net import (
+    ARCHS,
+    GlobalNet,
+    base_from_meta,
+    create,
+    load_checkpoint,
+    load_weights,
+    read_checkpoint_file,
+)
 from delfx.models.pooling import l2n
 
 logger = logging.getLogger(__name__)
@@ -269,42 +277,21 @@ def load_attention(
         InputError: missing or unreadable file, or a checkpoint without an attention head (a plain
             global model); the message names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable checkpoint ({exc})") from None
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or "state_dict" not in ckpt:
-        raise InputError(f"{path}: not a delfx checkpoint (needs 'meta' and 'state_dict' keys)")
+    meta, state_dict = read_checkpoint_file(path)
     att = meta.get("attention")
     if not isinstance(att, dict):
         raise InputError(
             f"{path}: model has no attention head (train one with 'delfx train attention', "
             "or use L2-norm attention with --attention l2)"
         )
+    base = base_from_meta(meta, path)
     try:
-        base = create(
-            meta["architecture"],
-            meta["pooling"],
-            "none",
-            meta.get("whitening"),
-            p=float(meta.get("p") or 3.0),
-        )
         net = AttentionNet(base, att["kind"], att["block"], att.get("reduction"))
-        net.load_state_dict(ckpt["state_dict"], strict=True)
     except KeyError as exc:
-        raise InputError(f"{path}: checkpoint meta lacks {exc}") from None
+        raise InputError(f"{path}: checkpoint attention meta lacks {exc}") from None
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
-    except (RuntimeError, TypeError) as exc:
-        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
-        raise InputError(f"{path}: weights do not fit the network: {detail}") from None
-    if "mean" in meta and "std" in meta:
-        net.mean = tuple(float(v) for v in meta["mean"])
-        net.std = tuple(float(v) for v in meta["std"])
+    load_weights(net, state_dict, path)
     return net.to(torch.device(device)).eval()
 
 

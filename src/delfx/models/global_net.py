@@ -176,12 +176,12 @@ def save_checkpoint(
     return atomic.write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> GlobalNet:
-    """Rebuild a :class:`GlobalNet` from :func:`save_checkpoint` output, in eval mode on ``device``.
+def read_checkpoint_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(meta, state_dict)`` of a :func:`save_checkpoint` file, read with ``weights_only=True``.
 
     Raises:
-        InputError: the file is missing, unreadable, lacks ``meta``/``state_dict`` keys, names an
-            unknown architecture, or its weights do not fit; the message names the file.
+        InputError: the file is missing, unreadable, lacks ``meta``/``state_dict`` keys or the
+            meta keys of :data:`_META_KEYS`, or names an unknown architecture; names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -198,6 +198,15 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         raise InputError(f"{path}: checkpoint meta lacks {', '.join(missing)}")
     if meta["architecture"] not in ARCHS:
         raise InputError(f"{path}: unknown architecture '{meta['architecture']}'")
+    return meta, ckpt["state_dict"]
+
+
+def base_from_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> GlobalNet:
+    """A new (random) :class:`GlobalNet` shaped as ``meta`` says, with its mean/std.
+
+    Raises:
+        InputError: a bad pooling or whitening entry; the message names ``path``.
+    """
     try:
         net = create(
             meta["architecture"],
@@ -208,13 +217,30 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         )
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
-    try:
-        net.load_state_dict(ckpt["state_dict"], strict=True)
-    except (RuntimeError, TypeError) as exc:
-        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
-        raise InputError(f"{path}: weights do not fit the network: {detail}") from None
     if "mean" in meta and "std" in meta:
         net.mean = tuple(float(v) for v in meta["mean"])
         net.std = tuple(float(v) for v in meta["std"])
+    return net
+
+
+def load_weights(net: nn.Module, state_dict: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """``net.load_state_dict(state_dict, strict=True)``, failing with one line naming ``path``."""
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, TypeError) as exc:
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
+        raise InputError(f"{path}: weights do not fit the network: {detail}") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> GlobalNet:
+    """Rebuild a :class:`GlobalNet` from :func:`save_checkpoint` output, in eval mode on ``device``.
+
+    Raises:
+        InputError: the file is missing, unreadable, lacks ``meta``/``state_dict`` keys, names an
+            unknown architecture, or its weights do not fit; the message names the file.
+    """
+    meta, state_dict = read_checkpoint_file(path)
+    net = base_from_meta(meta, path)
+    load_weights(net, state_dict, path)
     logger.debug("%s: loaded %s", path, meta)
     return net.to(torch.device(device)).eval()
