@@ -106,17 +106,20 @@ def build(
         names: store names to index, in id order (default: every ``db/`` entry).
         batch_images: images per segment.
         allow_empty: index images without features (they never match) instead of failing.
-        overwrite: replace an existing index.
+        overwrite: replace an existing index (or the files of a killed build). Only files the
+            index wrote itself are deleted: the previous manifest's model and segments and
+            leftovers under the index's own names; a non-empty folder that is not an index is
+            refused even so.
         progress: progress bar.
 
     Returns:
         The index folder.
     """
     store = IndexDir(out_dir)
-    if store.exists() and not overwrite:
-        raise InputError(f"{store.path}: an index exists (pass --overwrite to rebuild it)")
+    store.check_new(overwrite)  # before the lock, which would leave a file in a refused folder
     timings: dict[str, float] = {}
     with FeatureReader(features) as reader, store.writing():
+        previous = store.check_new(overwrite)  # again, now that no other writer can change it
         names = list(reader.names("db/") if names is None else names)
         if not names:
             raise InputError(f"{reader.path}: no images to index")
@@ -149,9 +152,8 @@ def build(
             "timings": timings,
         }
         store.commit(manifest)
-        if overwrite:
-            for path in store.garbage():
-                path.unlink(missing_ok=True)
+        # only files this index format wrote: the old manifest's, and killed writers' leftovers
+        store.remove_unused(previous)
     logger.info("index %s: %d images, trained on %s", store.path, index.n_images, train_source)
     return store.path
 
@@ -204,12 +206,8 @@ def load(index_dir: str | os.PathLike[str]) -> tuple[LocalIndex, list[str], dict
         ``(index, image names in id order, manifest)``.
     """
     store = IndexDir(index_dir)
-    manifest = store.manifest()
+    manifest = store.manifest()  # checks the fields and that every file lies inside the folder
     arrays = store.read_model(manifest["model"])
-    segments, names = [], [""] * int(manifest["n_images"])
-    for fname in manifest["segments"]:
-        seg, seg_names, first = store.read_segment(fname)
-        segments.append(seg)
-        names[first : first + len(seg_names)] = seg_names
-    index = local.restore(manifest["meta"], arrays, segments, int(manifest["n_images"]))
+    segments, names = store.read_segments(manifest)  # checks the ids cover 0..n_images-1 once
+    index = local.restore(manifest["meta"], arrays, segments, manifest["n_images"])
     return index, names, manifest

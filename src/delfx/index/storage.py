@@ -2,15 +2,21 @@
 
 Layout::
 
-    <dir>/index.json        manifest: format version, kind, config, n_images, segment files
-    <dir>/model.npz         trained model arrays (codebook, tree, HE projection, ...)
-    <dir>/seg-<uid>.npz     one inverted-file segment and the names of its images
-    <dir>/.lock             taken by a writer (one writer at a time)
+    <dir>/index.json          manifest: format version, kind, config, n_images, segment files
+    <dir>/model-<uid>.npz     trained model arrays (codebook, tree, HE projection, ...)
+    <dir>/seg-<uid>.npz       one inverted-file segment and the names of its images
+    <dir>/.lock               taken by a writer (one writer at a time)
 
 Nothing is pickled (``allow_pickle=False`` both ways). Every file is written under a temporary
 name and renamed; the manifest is replaced last. A build or an append that is killed therefore
 leaves the previous manifest, and the index it describes, intact; readers only ever open files
 that a committed manifest names, so they can read while a writer adds segments.
+
+A manifest is checked whenever it is read: its ``model`` and ``segments`` entries must be plain
+file names that resolve (symlinks followed) inside the folder, the segments unique. An index only
+ever deletes files it wrote itself: those its previous manifest names and leftovers of killed
+writers under its own naming pattern. Other files in the folder are never touched, and a new
+index is never built in a non-empty folder that is not an index.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import logging
 import os
+import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +39,16 @@ from delfx.errors import InputError
 from delfx.index.invfile import Segment
 from delfx.io import atomic
 
+logger = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 MANIFEST = "index.json"
 MODEL = "model.npz"
+LOCK = ".lock"
 _PAYLOAD = "payload__"
+# names this module writes: model-/seg- files and the temporary files of atomic.write_bytes
+_OWN_FILE = re.compile(r"(?:model|seg)-[0-9a-f]{12}\.npz")
+_OWN_TMP = re.compile(r"\.(?:(?:model|seg)-[0-9a-f]{12}\.npz|index\.json)\.[a-z0-9_]+\.tmp")
 
 
 def save_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
@@ -56,6 +70,20 @@ def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: unreadable index file ({exc})") from None
 
 
+def own_name(name: str) -> bool:
+    """True for a name that an index writes itself, other than ``index.json``.
+
+    These are the lock file, ``model-<uid>.npz``, ``seg-<uid>.npz`` and the temporary files they
+    and the manifest are written under.
+    """
+    return name == LOCK or bool(_OWN_FILE.fullmatch(name) or _OWN_TMP.fullmatch(name))
+
+
+def _plain_name(value: str) -> bool:
+    bad = ("/", "\\", "\0")
+    return value not in ("", ".", "..") and not any(c in value for c in bad)
+
+
 class IndexDir:
     """An index folder (see the module docstring).
 
@@ -70,21 +98,76 @@ class IndexDir:
         """True when a committed manifest is present."""
         return (self.path / MANIFEST).is_file()
 
+    def file(self, field: str, name: Any) -> Path:
+        """The path of a manifest entry, which must be a plain file name inside the folder.
+
+        Args:
+            field: the manifest field the entry comes from (named in errors).
+            name: the entry.
+
+        Raises:
+            InputError: ``name`` is not a string, not a plain file name (a path, ``.``, ``..``, an
+                absolute path, a NUL), or resolves (following symlinks) outside the folder.
+        """
+        where = self.path / MANIFEST
+        if not isinstance(name, str):
+            raise InputError(f"{where}: field '{field}' must be a file name, got {name!r}")
+        if not _plain_name(name) or os.path.isabs(name):
+            raise InputError(
+                f"{where}: field '{field}' = {name!r} is not a plain file name in the index folder"
+            )
+        path = self.path / name
+        try:
+            root = self.path.resolve()
+            target = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise InputError(
+                f"{where}: field '{field}' = {name!r} cannot be resolved ({exc})"
+            ) from None
+        if target == root or not target.is_relative_to(root):
+            raise InputError(
+                f"{where}: field '{field}' = {name!r} resolves to {target}, "
+                "outside the index folder"
+            )
+        return path
+
     def manifest(self) -> dict[str, Any]:
-        """The committed manifest; an error names the file when missing or from another version."""
+        """The committed manifest, checked.
+
+        Raises:
+            InputError: naming ``index.json`` and the field: the file is missing or from another
+                format version, ``model`` is not a file name in the folder, ``segments`` is not a
+                list of unique such names, or ``n_images`` (where present) is not an int >= 0.
+        """
         path = self.path / MANIFEST
         if not path.is_file():
             raise InputError(f"{path}: no index here (build one with 'delfx index build')")
         meta = load_json(path)
         if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
             raise InputError(f"{path}: not a delfx index of format version {FORMAT_VERSION}")
+        if "model" not in meta:
+            raise InputError(f"{path}: field 'model' is missing")
+        self.file("model", meta["model"])
+        segments = meta.get("segments")
+        if not isinstance(segments, list):
+            raise InputError(f"{path}: field 'segments' must be a list of file names")
+        seen: set[str] = set()
+        for i, name in enumerate(segments):
+            self.file(f"segments[{i}]", name)
+            if name in seen:
+                raise InputError(f"{path}: field 'segments' lists {name!r} twice")
+            seen.add(name)
+        if "n_images" in meta:
+            n = meta["n_images"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise InputError(f"{path}: field 'n_images' must be an int >= 0, got {n!r}")
         return meta
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[IndexDir]:
         """Hold the writer lock; a second writer fails at once with a clear error."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a+") as lock:
+        with open(self.path / LOCK, "a+") as lock:
             try:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -102,7 +185,7 @@ class IndexDir:
 
     def read_model(self, name: str) -> dict[str, np.ndarray]:
         """Read the model arrays a manifest names."""
-        return load_arrays(self.path / name)
+        return load_arrays(self.file("model", name))
 
     def write_segment(self, segment: Segment, names: list[str], first_id: int) -> str:
         """Write one segment with the names of its images (ids ``first_id...``).
@@ -123,13 +206,56 @@ class IndexDir:
 
     def read_segment(self, fname: str) -> tuple[Segment, list[str], int]:
         """Read a segment file: ``(segment, image names, first image id)``."""
-        arrays = load_arrays(self.path / fname)
+        path = self.file("segments", fname)
+        arrays = load_arrays(path)
         for key in ("offsets", "image_ids", "names", "first_id"):
             if key not in arrays:
-                raise InputError(f"{self.path / fname}: missing array '{key}'")
+                raise InputError(f"{path}: missing array '{key}'")
+        if arrays["first_id"].shape != () or arrays["names"].ndim != 1:
+            raise InputError(f"{path}: malformed arrays 'first_id'/'names'")
         payload = {k[len(_PAYLOAD) :]: v for k, v in arrays.items() if k.startswith(_PAYLOAD)}
         segment = Segment(arrays["offsets"], arrays["image_ids"], payload)
         return segment, [str(n) for n in arrays["names"]], int(arrays["first_id"])
+
+    def read_segments(self, manifest: Mapping[str, Any]) -> tuple[list[Segment], list[str]]:
+        """Read every segment of a checked manifest: ``(segments, image names in id order)``.
+
+        Raises:
+            InputError: ``n_images`` is missing, or the segments' image ranges do not cover the
+                ids ``0 .. n_images - 1`` exactly once, or a segment holds ids outside its range.
+        """
+        where = self.path / MANIFEST
+        n_images = manifest.get("n_images")
+        if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 0:
+            raise InputError(f"{where}: field 'n_images' must be an int >= 0, got {n_images!r}")
+        segments, spans, names = [], [], [""] * n_images
+        for fname in manifest["segments"]:
+            seg, seg_names, first = self.read_segment(fname)
+            stop = first + len(seg_names)
+            ids = seg.image_ids
+            if ids.size and (int(ids.min()) < first or int(ids.max()) >= stop):
+                raise InputError(
+                    f"{self.path / fname}: image ids outside the segment's images "
+                    f"{first}..{stop - 1}"
+                )
+            segments.append(seg)
+            spans.append((first, stop, fname))
+            if 0 <= first and stop <= n_images:
+                names[first:stop] = seg_names
+        expect = 0
+        for first, stop, fname in sorted(spans):
+            if first != expect:
+                raise InputError(
+                    f"{where}: fields 'segments' and 'n_images' disagree: segment {fname!r} holds "
+                    f"images {first}..{stop - 1} where image {expect} was expected next"
+                )
+            expect = stop
+        if expect != n_images:
+            raise InputError(
+                f"{where}: fields 'segments' and 'n_images' disagree: n_images is {n_images} "
+                f"but the segments hold {expect} images"
+            )
+        return segments, names
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
         """Atomically replace the manifest: the new index becomes visible to readers."""
@@ -137,9 +263,88 @@ class IndexDir:
         return atomic.write_json(self.path / MANIFEST, meta)
 
     def garbage(self) -> list[Path]:
-        """Files that the committed manifest does not name (left by killed writers)."""
+        """Files of the index's own naming pattern that the committed manifest does not name.
+
+        These are left by killed writers. Files of any other name are never listed.
+        """
         if not self.exists():
             return []
         meta = self.manifest()
-        keep = {MANIFEST, ".lock", meta.get("model", ""), *meta.get("segments", [])}
-        return sorted(p for p in self.path.iterdir() if p.is_file() and p.name not in keep)
+        keep = {LOCK, meta["model"], *meta["segments"]}
+        return sorted(
+            p
+            for p in self.path.iterdir()
+            if own_name(p.name) and p.name not in keep and p.is_file() and not p.is_symlink()
+        )
+
+    def check_new(self, overwrite: bool) -> list[str]:
+        """Check that a new index may be committed here; has no side effects.
+
+        A missing or empty folder is fine. An existing index needs ``overwrite``. A folder that
+        is not an index is refused, even with ``overwrite``, unless it holds only files an index
+        writes (the leftovers of a killed build), which then need ``overwrite``.
+
+        Returns:
+            The files the previous index owns (its manifest's model and segments), to delete once
+            the new manifest is committed.
+
+        Raises:
+            InputError: as above.
+        """
+        if not self.path.exists():
+            return []
+        if not self.path.is_dir():
+            raise InputError(f"{self.path}: not a folder")
+        if (self.path / MANIFEST).is_file():
+            if not overwrite:
+                raise InputError(f"{self.path}: an index exists (pass --overwrite to rebuild it)")
+            return self._previous_files()
+        entries = sorted(self.path.iterdir())
+        strangers = [p for p in entries if not (own_name(p.name) and p.is_file())]
+        if strangers:
+            raise InputError(
+                f"{self.path}: not empty and not a delfx index (it holds '{strangers[0].name}'); "
+                "choose an empty or new folder"
+            )
+        if not overwrite and any(p.name != LOCK for p in entries):
+            raise InputError(
+                f"{self.path}: holds the files of an unfinished index build "
+                "(pass --overwrite to replace them)"
+            )
+        return []
+
+    def _previous_files(self) -> list[str]:
+        """The model and segments of the committed manifest, which is about to be replaced."""
+        try:
+            meta = self.manifest()
+        except InputError as exc:
+            raw = load_json(self.path / MANIFEST)
+            if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
+                raise InputError(
+                    f"{self.path / MANIFEST}: not a delfx index of format version "
+                    f"{FORMAT_VERSION}; choose an empty or new folder"
+                ) from None
+            # a damaged delfx manifest: its entries cannot be trusted; keep the files it names
+            logger.warning("%s; rebuilding, keeping the files it names", exc)
+            return []
+        return [meta["model"], *meta["segments"]]
+
+    def remove_unused(self, previous: Iterable[str] = ()) -> list[Path]:
+        """After a commit, delete ``previous`` index files and :meth:`garbage` the manifest skips.
+
+        Args:
+            previous: file names from the replaced manifest (see :meth:`check_new`).
+
+        Returns:
+            The deleted files.
+        """
+        meta = self.manifest()
+        keep = {MANIFEST, LOCK, meta["model"], *meta["segments"]}
+        doomed = {self.file("previous", n) for n in previous if n not in keep} | set(self.garbage())
+        removed = []
+        for path in sorted(doomed):
+            if path.is_file() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+                logger.debug("removed %s", path)
+        return removed
