@@ -45,7 +45,7 @@ from delfx.datasets.synth_views import (
 )
 from delfx.errors import InputError
 from delfx.io import atomic
-from delfx.io.images import encode_jpeg, list_photos, read_image, resize_max
+from delfx.io.images import encode_jpeg, list_photos, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def _load(paths: list[Path], size: int, prefix: str, taken: set[str]) -> list[_P
     """Read and shrink every photo up front, so a bad file fails before anything is written."""
     photos = []
     for path in tqdm(paths, desc="reading photos", unit="photo", leave=False, disable=None):
-        image = resize_max(read_image(path), size)
+        image = read_image(path, max_side=size)  # shrunk on load: no full-size copy
         if min(image.shape[:2]) < MIN_SIDE:
             raise InputError(f"{path}: photo too small ({image.shape[1]}x{image.shape[0]})")
         photos.append(_Photo(path, _safe_stem(path.stem, prefix, taken), image))
