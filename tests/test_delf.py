@@ -86,6 +86,10 @@ def _support(part: nn.Module, h: int, w: int, row: int, col: int) -> tuple[np.nd
         ("resnet50", "last", 32, 427),
         ("vgg16", "last", 16, 196),
         ("densenet121", "last", 32, 2071),
+        ("efficientnet_lite0", "last", 32, 851),
+        ("efficientnet_lite0", "block3", 16, 339),
+        ("efficientnet_lite2", "last", 32, 1115),
+        ("efficientnet_lite2", "block3", 16, 475),
     ],
 )
 def test_receptive_geometry_matches_gradient_support(

@@ -4,7 +4,8 @@
 (``requires_grad = False``) and reads a feature map from a chosen block of its trunk:
 
 - ``block="last"``: the trunk's output, as the seed did (stride 32 on ResNets);
-- ``block="block3"``: ResNet ``layer3`` (stride 16), as DELF did.
+- ``block="block3"``: the stride-16 stage, as DELF did: ResNet ``layer3``, EfficientNet-Lite
+  ``blocks[4]`` (the stage of :data:`~delfx.models.archs.SPECS`).
 
 Attention is either ``"learned"`` (:class:`AttentionHead`: 1x1 conv C->C, ReLU, 1x1 conv C->1,
 softplus) or ``"l2"`` (the L2 norm of each location's feature, no parameters). An optional 1x1
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from delfx.errors import InputError
+from delfx.models.archs import SPECS
 from delfx.models.global_net import (
     ARCHS,
     GlobalNet,
@@ -50,14 +52,6 @@ logger = logging.getLogger(__name__)
 KINDS = ("learned", "l2")
 #: Blocks of the trunk that attention can sit on.
 BLOCKS = ("last", "block3")
-#: Channels of ResNet ``layer3``.
-_BLOCK3_CHANNELS = {
-    "resnet18": 256,
-    "resnet34": 256,
-    "resnet50": 1024,
-    "resnet101": 1024,
-    "resnet152": 1024,
-}
 
 
 class AttentionHead(nn.Module):
@@ -89,15 +83,18 @@ def block_channels(arch: str, block: str) -> int:
     """Channels of the feature map at ``block`` of ``arch``.
 
     Raises:
-        InputError: unknown block, or ``block3`` on a backbone that is not a ResNet.
+        InputError: unknown block, or ``block3`` on a backbone without a stride-16 stage.
     """
     if block not in BLOCKS:
         raise InputError(f"block '{block}': expected one of {', '.join(BLOCKS)}")
     if block == "last":
         return ARCHS[arch]
-    if arch not in _BLOCK3_CHANNELS:
-        raise InputError(f"block 'block3' is defined for ResNets only, not '{arch}'")
-    return _BLOCK3_CHANNELS[arch]
+    spec = SPECS.get(arch)
+    if spec is None or spec.local_channels is None:
+        raise InputError(
+            f"block 'block3' is defined for ResNets only (and EfficientNet-Lite), not '{arch}'"
+        )
+    return spec.local_channels
 
 
 class AttentionNet(nn.Module):
@@ -164,8 +161,8 @@ class AttentionNet(nn.Module):
     @property
     def stride(self) -> int:
         """Input pixels per feature-map cell."""
-        base = 16 if self.base.arch == "vgg16" else 32
-        return base // 2 if self.block == "block3" else base
+        spec = SPECS[self.base.arch]
+        return spec.local_stride if self.block == "block3" else spec.stride
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -200,9 +197,8 @@ class AttentionNet(nn.Module):
         trunk = self.base.trunk
         if self.block == "last":
             return trunk(x)
-        for i, module in enumerate(trunk):
-            if i == 7:  # layer4
-                break
+        depth = SPECS[self.base.arch].local_depth
+        for module in list(trunk)[:depth]:  # e.g. ResNet: up to layer3
             x = module(x)
         return x
 

@@ -1,7 +1,8 @@
 """The global CNN descriptor network (cirtorch style): conv trunk, pooling, whitening, L2n.
 
 An image batch ``B x 3 x H x W`` (normalised with ``meta["mean"]``/``meta["std"]``) goes through the
-convolutional trunk of a torchvision backbone (no classifier, no global average pool), a pooling
+convolutional trunk of a torchvision or timm backbone (no classifier, no global average pool), a
+pooling
 layer from :data:`~delfx.models.pooling.POOLINGS`, L2 normalisation, an optional whitening
 ``nn.Linear`` and a final L2 normalisation, giving ``B x D`` unit vectors.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +24,30 @@ from torch import Tensor, nn
 
 from delfx.errors import InputError
 from delfx.io import atomic
-from delfx.models.archs import ARCHS
+from delfx.models import efficientnet
+from delfx.models.archs import ARCHS, SPECS
 from delfx.models.pooling import POOLINGS, GeM, l2n
-from delfx.models.weights import resolve_backbone
+from delfx.models.weights import IMAGENET_MEAN, IMAGENET_STD, resolve_weights
 
 logger = logging.getLogger(__name__)
 
-#: ImageNet normalisation of torchvision backbones.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 _META_KEYS = ("architecture", "pooling", "whitening")
+_RESNET_TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+#: How each backbone family's classifier is cut into a trunk (cirtorch's cuts).
+_TRUNKS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "resnet": lambda m: nn.Sequential(*(getattr(m, n) for n in _RESNET_TRUNK)),
+    "vgg": lambda m: nn.Sequential(*list(m.features.children())[:-1]),  # drop the last max-pool
+    "densenet": lambda m: nn.Sequential(*m.features.children(), nn.ReLU(inplace=True)),
+    "efficientnet": efficientnet.trunk,
+}
 
 
 def _trunk(arch: str, model: nn.Module) -> nn.Module:
-    """The convolutional part of a torchvision classifier, as cirtorch cuts it."""
-    if arch.startswith("resnet"):
-        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-        return nn.Sequential(*(getattr(model, n) for n in names))
-    if arch == "vgg16":
-        return nn.Sequential(*list(model.features.children())[:-1])  # drop the last max-pool
-    if arch == "densenet121":
-        return nn.Sequential(*model.features.children(), nn.ReLU(inplace=True))
-    raise InputError(f"unknown architecture '{arch}' (expected one of {', '.join(ARCHS)})")
+    """The convolutional part of a classifier: the modules that :data:`SPECS` describes."""
+    if arch not in SPECS:
+        raise InputError(f"unknown architecture '{arch}' (expected one of {', '.join(ARCHS)})")
+    return _TRUNKS[SPECS[arch].family](model)
 
 
 class GlobalNet(nn.Module):
@@ -73,8 +76,10 @@ class GlobalNet(nn.Module):
         self.pool = pool
         channels = ARCHS[arch]
         self.whiten = nn.Linear(channels, whitening_dim, bias=True) if whitening_dim else None
-        self.mean = IMAGENET_MEAN
-        self.std = IMAGENET_STD
+        self.mean: tuple[float, ...] = IMAGENET_MEAN
+        self.std: tuple[float, ...] = IMAGENET_STD
+        #: where the backbone's weights came from (``"none"``, a package, a path); None: unknown
+        self.pretrained: str | None = "none"
 
     @property
     def outputdim(self) -> int:
@@ -99,14 +104,15 @@ class GlobalNet(nn.Module):
             "std": list(self.std),
             "whitening": self.whiten.out_features if self.whiten is not None else None,
             "p": self.gem_p,
+            "pretrained": self.pretrained,
         }
 
     def features(self, x: Tensor) -> Tensor:
         """The trunk's feature map.
 
         Shape:
-            ``B x 3 x H x W`` -> ``B x C x h x w``, with ``h, w`` about ``H/32, W/32``
-            (``H/16, W/16`` for vgg16).
+            ``B x 3 x H x W`` -> ``B x C x h x w``, with ``h, w`` about ``H/S, W/S`` for the
+            stride ``S`` of :data:`SPECS` (32; 16 for vgg16).
         """
         return self.trunk(x)
 
@@ -136,7 +142,8 @@ def create(
         arch: one of :data:`ARCHS`.
         pooling: a key of :data:`POOLINGS` (``mac``, ``spoc``, ``gem``, ``rmac``).
         pretrained: ``"none"``, ``"imagenet"`` or a state-dict path (see
-            :func:`~delfx.models.weights.resolve_backbone`).
+            :func:`~delfx.models.weights.resolve_weights`); the network takes the mean/std
+            those weights expect and records their origin in :attr:`GlobalNet.meta`.
         whitening_dim: add a whitening ``nn.Linear`` ``C -> whitening_dim`` (initialised to
             identity-like; load a learned one with ``linear_from_whitening``).
         p: initial GeM exponent (GeM only).
@@ -150,9 +157,10 @@ def create(
         raise InputError(f"unknown pooling '{pooling}' (expected one of {', '.join(POOLINGS)})")
     if whitening_dim is not None and not 1 <= int(whitening_dim) <= ARCHS[arch]:
         raise InputError(f"whitening dimension must be in 1..{ARCHS[arch]}, got {whitening_dim}")
-    backbone = resolve_backbone(arch, pretrained)
+    backbone = resolve_weights(arch, pretrained)
     pool = POOLINGS[pooling](p=p) if pooling == "gem" else POOLINGS[pooling]()
-    net = GlobalNet(arch, _trunk(arch, backbone), pooling, pool, whitening_dim)
+    net = GlobalNet(arch, _trunk(arch, backbone.model), pooling, pool, whitening_dim)
+    net.mean, net.std, net.pretrained = backbone.mean, backbone.std, backbone.origin
     if net.whiten is not None:
         with torch.no_grad():
             net.whiten.weight.copy_(torch.eye(net.whiten.out_features, ARCHS[arch]))
@@ -202,7 +210,7 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], 
 
 
 def base_from_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> GlobalNet:
-    """A new (random) :class:`GlobalNet` shaped as ``meta`` says, with its mean/std.
+    """A new (random) :class:`GlobalNet` shaped as ``meta`` says, with its mean/std and origin.
 
     Raises:
         InputError: a bad pooling or whitening entry; the message names ``path``.
@@ -220,6 +228,8 @@ def base_from_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> Global
     if "mean" in meta and "std" in meta:
         net.mean = tuple(float(v) for v in meta["mean"])
         net.std = tuple(float(v) for v in meta["std"])
+    origin = meta.get("pretrained")
+    net.pretrained = None if origin is None else str(origin)
     return net
 
 

@@ -12,7 +12,11 @@ Distill 2019)::
 
 Convolutions and max/average pools change the geometry; batch norms, activations and dropout
 do not. ResNet blocks follow their main path (the ``downsample`` shortcut is a shorter path with
-the same centre); a DenseNet dense block is walked layer by layer, its longest path.
+the same centre); a DenseNet dense block is walked layer by layer, its longest path; timm's
+EfficientNet-Lite blocks (depthwise-separable and inverted-residual, symmetric ``k // 2`` padding,
+no squeeze-excitation) are walked child by child, their identity skip being a shorter path with
+the same centre. A convolution subclass with its own ``forward`` (e.g. timm's TF-style dynamic
+"same" padding) is refused: its padding depends on the input size.
 
 Coordinates follow :mod:`delfx.io.images`: pixel ``k`` covers ``[k, k + 1)`` so its centre is
 ``k + 0.5``. Cell ``(i, j)`` of the feature map is centred at ``(j S + offset, i S + offset)``
@@ -28,6 +32,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from delfx.errors import InputError
+from delfx.models.archs import SPECS
 
 #: Leaf modules that act on each location alone (no change to the geometry).
 _POINTWISE = (
@@ -94,6 +99,8 @@ def _pair(v: int | tuple[int, ...], name: str, module: nn.Module) -> int:
 
 def _walk(module: nn.Module, state: _State) -> _State:
     if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(module, nn.Conv2d) and type(module).forward is not nn.Conv2d.forward:
+            raise InputError(f"receptive field: cannot walk a {type(module).__name__} module")
         padding = module.padding
         if isinstance(padding, str):
             raise InputError(f"receptive field: padding '{padding}' is not supported")
@@ -132,16 +139,18 @@ def module_geometry(module: nn.Module) -> Geometry:
 def trunk_part(trunk: nn.Module, arch: str, block: str) -> nn.Module:
     """The part of a global network's trunk that computes ``block``'s feature map.
 
-    ``"last"``: the whole trunk; ``"block3"``: a ResNet trunk up to ``layer3`` (its first 7
-    modules: conv1, bn1, relu, maxpool, layer1, layer2, layer3).
+    ``"last"``: the whole trunk; ``"block3"``: the trunk's first
+    :attr:`~delfx.models.archs.ArchSpec.local_depth` modules (ResNet: conv1, bn1, relu, maxpool,
+    layer1, layer2, layer3; EfficientNet-Lite: conv_stem, bn1, blocks[0..4]).
 
     Raises:
-        InputError: ``block3`` on an architecture that is not a ResNet, or an unknown block.
+        InputError: ``block3`` on an architecture without a stride-16 stage, or an unknown block.
     """
     if block == "last":
         return trunk
-    if block == "block3" and arch.startswith("resnet"):
-        return nn.Sequential(*list(trunk.children())[:7])
+    spec = SPECS.get(arch)
+    if block == "block3" and spec is not None and spec.local_depth is not None:
+        return nn.Sequential(*list(trunk.children())[: spec.local_depth])
     raise InputError(f"receptive field: block '{block}' is not defined for '{arch}'")
 
 
