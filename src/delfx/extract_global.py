@@ -55,10 +55,12 @@ class GlobalExtractConfig:
     batch_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.image_size < 1 or self.batch_size < 1:
-            raise InputError("global extraction: image_size and batch_size must be >= 1")
-        if not self.scales or any(not (s > 0) for s in self.scales):
-            raise InputError(f"global extraction: scales must be positive, got {self.scales}")
+        # named as the flags of delfx extract global
+        for name, value in (("image-size", self.image_size), ("batch-size", self.batch_size)):
+            if value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):
+            raise InputError(f"multiscale must be positive numbers, got {list(self.scales)}")
 
 
 #: Single-scale and cirtorch's multi-scale settings.

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
+
+from delfx.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,31 @@ class GlobalOptions:
     dba: int = 0
     alpha: float = 3.0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        # named as the flags of delfx run
+        for name, value, low in (
+            ("image-size", self.image_size, 1),
+            ("qe", self.qe, 0),
+            ("dba", self.dba, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+            if value < low:
+                raise InputError(f"{name} must be at least {low}, got {value}")
+        scales = tuple(self.scales)
+        if not scales or not all(_positive(s) for s in scales):
+            raise InputError(f"multiscale must be positive numbers, got {list(scales)}")
+        if not (_real(self.alpha) and math.isfinite(self.alpha) and self.alpha >= 0):
+            raise InputError(f"alpha must be a number >= 0, got {self.alpha!r}")
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _positive(value: object) -> bool:
+    return _real(value) and math.isfinite(value) and value > 0  # type: ignore[arg-type]
 
 
 GLOBAL_PIPELINES = ("global-gem", "global-gem-whiten")

@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from delfx.errors import InputError
+from delfx.io.yaml_safe import load_yaml
 
 SECTIONS = ("root", "work", "device", "data", "finetune", "attention", "extract", "evaluate")
 DATA_KINDS = ("groups", "training", "synth")
@@ -182,17 +181,14 @@ def load(path: str | os.PathLike[str]) -> Experiment:
     """Read and check an experiment file.
 
     Raises:
-        InputError: unreadable YAML, an unknown section or key, or a missing required value; the
-            message names the file and the key.
+        InputError: unreadable YAML (or one that expands past
+            :data:`~delfx.io.yaml_safe.MAX_NODES` nodes), an unknown section or key, or a missing
+            required value; the message names the file and the key.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such experiment file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not valid YAML ({first})") from None
+    raw = load_yaml(path)  # refuses alias bombs before any field is read
     top = _keys(raw, "top level", path)
     _check_fields(top, set(SECTIONS), "top level", path)
     for key in ("root", "work", "evaluate"):

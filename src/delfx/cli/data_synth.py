@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from delfx.cli import add_output_flags, add_subcommand
+from delfx.cli.types import nonnegative_int
 
 HELP = "build a synthetic easy/hard/junk benchmark from single landmark photos"
 
@@ -20,7 +21,7 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         "photos_dir", metavar="PHOTOS_DIR", type=Path, help="folder of photos, one landmark each"
     )
     add_output_flags(parser)
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--distractors",
         metavar="DIR",
@@ -47,6 +48,7 @@ def handler(args: argparse.Namespace) -> int:
     conf = synth.preset(args.preset)
     overrides = {k: getattr(args, k) for k in ("views", "size") if getattr(args, k) is not None}
     if overrides:
+        # SynthConfig checks --views and --size ("invalid views = 0") before any photo is read
         conf = dataclasses.replace(conf, **overrides)
     folder = synth.main(
         conf,

@@ -6,6 +6,7 @@ import argparse
 
 from delfx import build_training
 from delfx.cli import add_output_flags, add_subcommand
+from delfx.cli.types import fraction, nonnegative_int
 
 
 def register(data_subparsers: argparse._SubParsersAction) -> None:
@@ -20,11 +21,13 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     add_output_flags(parser, gnd=False)
     parser.add_argument(
         "--val-fraction",
-        type=float,
+        type=fraction,
         default=0.1,
         help="share of groups held out for validation (default 0.1; 0 for none)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val group split")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the train/val group split"
+    )
     parser.set_defaults(func=_run)
 
 

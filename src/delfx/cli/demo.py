@@ -9,6 +9,7 @@ from pathlib import Path
 
 from delfx import demo
 from delfx.cli import add_subcommand
+from delfx.cli.types import nonnegative_int
 from delfx.evaluation.report import format_lines
 
 
@@ -18,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--work", metavar="DIR", help="keep datasets and results here (default: a temp folder)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic views")
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the synthetic views"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run)
 

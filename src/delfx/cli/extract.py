@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from delfx.cli import add_subcommand
+from delfx.cli.types import float_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +43,9 @@ def _register_sift(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="rootsift", help="extractor settings"
     )
-    parser.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    parser.add_argument(
+        "--workers", type=positive_int, help="worker processes (default: all cores)"
+    )
     parser.add_argument("--half", action="store_true", help="store descriptors as float16")
     parser.add_argument(
         "--overwrite", action="store_true", help="start a new file instead of resuming --out"
@@ -55,8 +58,6 @@ def _run_sift(args: argparse.Namespace) -> int:
     from delfx.features.sift import PRESETS
 
     _check_source(args)
-    if args.workers is not None and args.workers < 1:
-        args._parser.error("--workers must be at least 1")
     conf = extract.ExtractConfig(sift=PRESETS[args.preset], half=args.half)
     out = extract.main(
         conf,
@@ -90,7 +91,9 @@ def _register_delf(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--feature-num", type=int, help="features kept per image (top attention)")
     parser.add_argument("--alpha-thresh", type=float, help="minimum attention of a kept feature")
-    parser.add_argument("--scales", metavar="S,S,...", help="image pyramid, e.g. 2,1.414,1,0.707")
+    parser.add_argument(
+        "--scales", type=float_list, metavar="S,S,...", help="image pyramid, e.g. 2,1.414,1,0.707"
+    )
     parser.add_argument("--image-size", type=int, help="longer image side at scale 1 (px)")
     parser.add_argument(
         "--pretrained", default="none", help="backbone weights: imagenet, none or a .pth PATH"
@@ -103,7 +106,9 @@ def _register_delf(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--block", choices=("last", "block3"), help="feature map (default: the model's, or last)"
     )
-    parser.add_argument("--pca-dim", type=int, metavar="D", help="PCA-whiten descriptors to D")
+    parser.add_argument(
+        "--pca-dim", type=positive_int, metavar="D", help="PCA-whiten descriptors to D"
+    )
     parser.add_argument(
         "--pca-from", metavar="ROOT:NAME|DIR", help="training images to learn the PCA on"
     )
@@ -117,17 +122,9 @@ def _register_delf(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_delf, _parser=parser)
 
 
-def _scales(args: argparse.Namespace, text: str, flag: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        args._parser.error(f"{flag}: expected comma-separated numbers, got {text}")
-
-
 def _run_delf(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from delfx import extract_delf
     from delfx.features.delf_config import PRESETS
 
     _check_source(args)
@@ -135,11 +132,14 @@ def _run_delf(args: argparse.Namespace) -> int:
         "feature_num": args.feature_num,
         "alpha_thresh": args.alpha_thresh,
         "image_size": args.image_size,
-        "scales": None if args.scales is None else _scales(args, args.scales, "--scales"),
+        "scales": args.scales,
     }
+    # the config checks the values (its InputError is the one-line error) before any work
     conf = dataclasses.replace(
         PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None}
     )
+    from delfx import extract_delf
+
     out = extract_delf.main(
         conf,
         args.out,
@@ -175,7 +175,11 @@ def _register_global(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pool", default="gem", help="pooling for an architecture name")
     parser.add_argument("--image-size", type=int, default=1024, help="longer image side (px)")
     parser.add_argument(
-        "--multiscale", default="1", metavar="S,S,...", help="scales, e.g. 1,0.707,0.5"
+        "--multiscale",
+        type=float_list,
+        default="1",
+        metavar="S,S,...",
+        help="scales, e.g. 1,0.707,0.5",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda:N")
@@ -185,9 +189,9 @@ def _register_global(subparsers: argparse._SubParsersAction) -> None:
 def _run_global(args: argparse.Namespace) -> int:
     from delfx import extract_global
 
-    scales = _scales(args, args.multiscale, "--multiscale")
+    # the config checks --image-size, --multiscale and --batch-size before any work
     conf = extract_global.GlobalExtractConfig(
-        image_size=args.image_size, scales=scales, batch_size=args.batch_size
+        image_size=args.image_size, scales=args.multiscale, batch_size=args.batch_size
     )
     out = extract_global.main(
         conf,

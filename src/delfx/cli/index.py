@@ -6,6 +6,7 @@ import argparse
 
 from delfx import build_index, rerank, search
 from delfx.cli import add_subcommand
+from delfx.cli.types import positive_int
 from delfx.index.local import KINDS, PRESETS, IndexConfig
 from delfx.io.featurestore import FeatureReader, load_descriptors
 from delfx.verify.ransac import RansacConfig
@@ -42,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--index", required=True, metavar="DIR")
     s.add_argument("--features", required=True, metavar="F.h5", help="holds query/... entries")
     s.add_argument("--output", required=True, metavar="R.npz", help="ranks, scores, queries")
-    s.add_argument("--top-k", type=int, default=None, help="results per query (default: all)")
+    s.add_argument(
+        "--top-k", type=positive_int, default=None, help="results per query (default: all)"
+    )
     s.set_defaults(func=_search)
 
     r = add_subcommand(subparsers, "rerank", "spatially verify the top of each ranked list")
@@ -50,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--features", required=True, metavar="F.h5")
     r.add_argument("--ranks", required=True, metavar="R.npz", help="output of delfx search")
     r.add_argument("--output", required=True, metavar="R2.npz")
-    r.add_argument("--rerank-num", type=int, default=100)
+    r.add_argument(
+        "--rerank-num", type=positive_int, default=100, help="candidates verified per query"
+    )
     r.add_argument("--matches", choices=rerank.MATCHES, default="ratio")
     r.add_argument(
         "--ransac-model", choices=("homography", "fundamental", "affine"), default="homography"
@@ -64,12 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     base = PRESETS[args.kind]
+    # the config checks --tree-branch, --tree-height, --codebook-size and
+    # --multiple-assignment before any file is opened
     conf = IndexConfig(
         kind=args.kind,
         branch=args.tree_branch,
         height=args.tree_height,
         n_words=args.codebook_size,
-        ma=args.multiple_assignment or base.ma,
+        ma=base.ma if args.multiple_assignment is None else args.multiple_assignment,
     )
     with FeatureReader(args.codebook_from) as reader:
         train, _ = load_descriptors(reader, reader.names("db/"), conf.train_per_image, conf.seed)
@@ -99,6 +106,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _rerank(args: argparse.Namespace) -> int:
+    # the configs check --threshold (and the rest) before any file is opened
     conf = rerank.RerankConfig(
         rerank_num=args.rerank_num,
         matches=args.matches,

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from delfx import run
 from delfx.cli import add_subcommand
+from delfx.cli.types import float_list, positive_int
 from delfx.errors import InputError
 from delfx.evaluation.report import format_lines
 from delfx.global_options import GLOBAL_PIPELINES, GlobalOptions
-from delfx.run_delf import DelfOptions
+from delfx.index.local import IndexConfig
+from delfx.rerank import RerankConfig
+from delfx.run_delf import DelfOptions, delf_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,13 +62,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tree-branch", type=int, help="vocabulary tree branching factor")
     parser.add_argument("--tree-height", type=int, help="vocabulary tree height")
     parser.add_argument("--codebook-size", type=int, help="flat codebook words (HE, ASMK)")
-    parser.add_argument("--workers", type=int, help="extraction processes, verification threads")
+    parser.add_argument(
+        "--workers", type=positive_int, help="extraction processes, verification threads"
+    )
     g = parser.add_argument_group("global pipelines")
     g.add_argument("--model", default="resnet50", help="checkpoint file or architecture name")
     g.add_argument("--pretrained", default="imagenet", help="imagenet, none or a weights file")
     g.add_argument("--pool", default="gem", choices=("mac", "spoc", "gem", "rmac"))
     g.add_argument("--image-size", type=int, default=1024, help="longer image side in pixels")
-    g.add_argument("--multiscale", default="1", help="image scales, e.g. 1,0.707,0.5")
+    g.add_argument(
+        "--multiscale", type=float_list, default="1", help="image scales, e.g. 1,0.707,0.5"
+    )
     g.add_argument("--qe", type=int, default=0, help="alpha query expansion neighbours")
     g.add_argument("--dba", type=int, default=0, help="database augmentation neighbours")
     g.add_argument("--device", default="cpu", help="cpu or cuda:N")
@@ -84,30 +92,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--feature-num", type=int, help="DELF features per image")
     d.add_argument("--alpha-thresh", type=float, help="lowest attention score kept")
-    d.add_argument("--scales", metavar="S,S,...", help="DELF image pyramid scales")
+    d.add_argument("--scales", type=float_list, metavar="S,S,...", help="DELF image pyramid scales")
     d.add_argument("--delf-image-size", type=int, help="DELF longer image side before scaling")
-    d.add_argument("--pca-dim", type=int, help="PCA-whitened DELF dimension (independent images)")
+    d.add_argument(
+        "--pca-dim", type=positive_int, help="PCA-whitened DELF dimension (independent images)"
+    )
     d.add_argument("--global-model", help="global+local: global checkpoint (default: --model)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    # every setting goes through its config's own checks before any file is touched
+    opts = GlobalOptions(
+        model=args.model,
+        pretrained=args.pretrained,
+        pooling=args.pool,
+        image_size=args.image_size,
+        scales=args.multiscale,
+        qe=args.qe,
+        dba=args.dba,
+        device=args.device,
+    )
+    overrides = _index_overrides(args)
+    delf = _delf_options(args)
+    if args.rerank_num is not None:
+        RerankConfig(rerank_num=args.rerank_num)
     if args.pipeline in GLOBAL_PIPELINES:
-        try:
-            scales = tuple(float(v) for v in args.multiscale.split(","))
-        except ValueError:
-            raise InputError(f"--multiscale '{args.multiscale}': expected numbers") from None
-        opts = GlobalOptions(
-            model=args.model,
-            pretrained=args.pretrained,
-            pooling=args.pool,
-            image_size=args.image_size,
-            scales=scales,
-            qe=args.qe,
-            dba=args.dba,
-            device=args.device,
-        )
         from delfx import run_global
 
         out = run_global.main(
@@ -122,22 +133,13 @@ def _run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         return _report(out)
-    overrides = {
-        k: v
-        for k, v in (
-            ("branch", args.tree_branch),
-            ("height", args.tree_height),
-            ("n_words", args.codebook_size),
-        )
-        if v is not None
-    }
     out = run.main(
         args.pipeline,
         args.root,
         args.dataset,
         args.work,
         args.output,
-        delf=_delf_options(args),
+        delf=delf,
         global_opts=GlobalOptions(
             model=args.global_model or args.model,
             pretrained=args.pretrained,
@@ -157,7 +159,24 @@ def _run(args: argparse.Namespace) -> int:
     return _report(out)
 
 
+def _index_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """``--tree-branch``, ``--tree-height`` and ``--codebook-size``, checked by the config."""
+    overrides = {
+        k: v
+        for k, v in (
+            ("branch", args.tree_branch),
+            ("height", args.tree_height),
+            ("n_words", args.codebook_size),
+        )
+        if v is not None
+    }
+    replace(IndexConfig(), **overrides)
+    return overrides
+
+
 def _delf_options(args: argparse.Namespace) -> DelfOptions:
+    """The DELF flags; each setting is checked by :class:`DelfConfig`, and a refusal names the
+    flag (``--delf-image-size`` sets the config's ``image-size``)."""
     settings = {
         k: v
         for k, v in (
@@ -168,6 +187,13 @@ def _delf_options(args: argparse.Namespace) -> DelfOptions:
         )
         if v is not None
     }
+    flags = {"feature_num": "--feature-num", "alpha_thresh": "--alpha-thresh"}
+    flags.update(scales="--scales", image_size="--delf-image-size")
+    for key, value in settings.items():
+        try:
+            delf_config("seed", DelfOptions(settings={key: value}))
+        except InputError as exc:
+            raise InputError(f"{flags[key]}: {exc}") from None
     return DelfOptions(
         model=args.model,
         pretrained=args.pretrained,

@@ -146,6 +146,9 @@ def _show(epoch: int, lines: list[str]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the config checks every numeric flag (its InputError is the one-line error) before torch
+    # is imported or any file is opened
+    conf = _conf(args)
     from delfx import train_attention, train_global
 
     kw = {
@@ -158,9 +161,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.train_command == "attention":
         block = args.attention_block
         out = train_attention.main(
-            _conf(args), args.export_dir, param_directory=args.param_directory, block=block, **kw
+            conf, args.export_dir, param_directory=args.param_directory, block=block, **kw
         )
     else:
-        out = train_global.main(_conf(args), args.export_dir, **kw)
+        out = train_global.main(conf, args.export_dir, **kw)
     print(f"wrote {out}")
     return 0

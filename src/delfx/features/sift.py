@@ -57,6 +57,13 @@ class SiftConfig:
             raise InputError(f"max_side {self.max_side}: expected at least 16 pixels")
         if self.n_features < 0:
             raise InputError(f"n_features {self.n_features}: expected >= 0 (0 = all)")
+        if self.n_octave_layers < 1:
+            raise InputError(f"n_octave_layers {self.n_octave_layers}: expected at least 1")
+        if not (np.isfinite(self.contrast_threshold) and self.contrast_threshold >= 0):
+            raise InputError(f"contrast_threshold {self.contrast_threshold}: expected >= 0")
+        for name in ("edge_threshold", "sigma"):
+            if not (np.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise InputError(f"{name} {getattr(self, name)}: expected a number > 0")
 
 
 #: Named settings. ``seed``: the seed's SIFT baseline (field-facts §1). ``rootsift``: RootSIFT

@@ -7,6 +7,7 @@ inverted-file segment, ``search(descriptors, top_k)`` returns ``(ids, scores)`` 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -69,6 +70,21 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"index kind '{self.kind}': expected one of {', '.join(KINDS)}")
+        # named as the command line spells them (delfx index build / delfx run flags)
+        least = (
+            ("tree-branch", self.branch, 2),
+            ("tree-height", self.height, 1),
+            ("codebook-size", self.n_words, 2),
+            ("kmeans-iters", self.kmeans_iters, 1),
+            ("points-per-word", self.points_per_word, 1),
+            ("multiple-assignment", self.ma, 1),
+            ("train-per-image", 1 if self.train_per_image is None else self.train_per_image, 1),
+        )
+        for name, value, low in least:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+            if value < low:
+                raise InputError(f"{name} must be at least {low}, got {value}")
 
 
 PRESETS: dict[str, IndexConfig] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from delfx.errors import InputError
@@ -78,12 +79,35 @@ class TrainConfig:
             raise InputError(f"loss '{self.loss}': expected contrastive or triplet")
         if self.optimizer not in ("adam", "sgd"):
             raise InputError(f"optimizer '{self.optimizer}': expected adam or sgd")
+        # named as the flags of delfx train (and the dashed keys of a pipeline file)
         sizes = ("query_size", "pool_size", "batch_size", "update_every", "image_size")
-        for name in (*sizes, "test_image_size", "epochs", "test_freq"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.neg_num < 1 or self.workers < 0 or not self.lr > 0 or not 0 < self.lr_decay <= 1:
-            raise InputError("neg_num >= 1, workers >= 0, lr > 0 and 0 < lr_decay <= 1 required")
+        least = {n: 1 for n in (*sizes, "test_image_size", "epochs", "test_freq", "neg_num")}
+        least.update(workers=0, seed=0, bn_calibration=0)
+        if self.whitening_dim is not None:
+            least["whitening_dim"] = 1
+        for name, low in least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"{_flag(name)} must be an integer, got {value!r}")
+            if value < low:
+                raise InputError(f"{_flag(name)} must be at least {low}, got {value}")
+        reals = {
+            "lr": (lambda v: v > 0, "> 0"),
+            "lr_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+            "loss_margin": (lambda v: v > 0, "> 0"),
+            "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "weight_decay": (lambda v: v >= 0, ">= 0"),
+        }
+        for name, (ok, rule) in reals.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(f"{_flag(name)} must be a number, got {value!r}")
+            if not (math.isfinite(value) and ok(value)):
+                raise InputError(f"{_flag(name)} must be {rule}, got {value}")
+
+
+def _flag(field_name: str) -> str:
+    return field_name.replace("_", "-")
 
 
 def export_name(conf: TrainConfig) -> str:

@@ -72,7 +72,7 @@ class RansacConfig:
     def __post_init__(self) -> None:
         if self.model not in MIN_SAMPLE:
             raise InputError(f"model must be one of {sorted(MIN_SAMPLE)}, got {self.model!r}")
-        if not self.threshold > 0:
+        if not (np.isfinite(self.threshold) and self.threshold > 0):
             raise InputError(f"threshold must be > 0 px, got {self.threshold}")
         if self.max_iters < 1:
             raise InputError(f"max_iters must be >= 1, got {self.max_iters}")
