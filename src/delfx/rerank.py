@@ -22,7 +22,7 @@ from delfx.features.types import LocalFeatures
 from delfx.io.featurestore import FeatureReader
 from delfx.verify.matching import combine, ratio_matches, word_matches
 from delfx.verify.ransac import RansacConfig
-from delfx.verify.rerank import merge, rerank, shortlist, verify_candidates
+from delfx.verify.rerank import check_ranked_ids, merge, rerank, shortlist, verify_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,13 @@ class RerankConfig:
         if self.matches not in MATCHES:
             raise InputError(f"matches '{self.matches}': expected one of {', '.join(MATCHES)}")
         if self.rerank_num < 0:
-            raise InputError(f"rerank_num {self.rerank_num}: expected >= 0")
+            raise InputError(f"rerank-num must be at least 0, got {self.rerank_num}")
+        if not 0.0 < self.ratio <= 1.0:
+            raise InputError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.workers < 1:
+            raise InputError(f"workers must be at least 1, got {self.workers}")
+        if self.max_features is not None and self.max_features < 1:
+            raise InputError(f"max-features must be at least 1, got {self.max_features}")
 
 
 def _matcher(
@@ -87,6 +93,7 @@ def rerank_all(
     junk: Sequence[np.ndarray] | None = None,
     words_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = True,
+    source: str = "ranks",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank every query's list.
 
@@ -100,11 +107,19 @@ def rerank_all(
         junk: per query, image ids to drop before the shortlist (with ``conf.drop_junk``).
         words_fn: descriptors -> visual words (for ``words`` matches).
         progress: progress bar.
+        source: where ``ranks`` come from (e.g. the ranks file), for error messages.
 
     Returns:
         ``(new_ranks, inliers)``: ``Q x K'`` image ids (junk dropped from the head re-enter
         after it) and ``Q x rerank_num`` inlier counts of the shortlist, -1 where absent.
+
+    Raises:
+        InputError: an id in ``ranks`` outside ``[0, len(db_names))`` (naming ``source``, the
+            query and the id), or fewer ranked lists than queries.
     """
+    if len(ranks) != len(query_names):
+        raise InputError(f"{source}: {len(ranks)} ranked lists for {len(query_names)} queries")
+    check_ranked_ids(ranks, len(db_names), source, query_names)
     matches_fn = _matcher(conf, words_fn)
     out, all_inliers = [], np.full((len(query_names), conf.rerank_num), -1, dtype=np.int64)
     for q, qname in enumerate(
@@ -165,29 +180,29 @@ def main(
     """
     from delfx.build_index import load
     from delfx.datasets.revisited import RetrievalDataset
-    from delfx.index.storage import load_arrays, save_arrays
+    from delfx.index.storage import save_arrays
+    from delfx.io.rankings import load_search_output
 
-    arrays = load_arrays(ranks_path)
-    for key in ("ranks", "scores", "queries"):
-        if key not in arrays:
-            raise InputError(f"{ranks_path}: missing array '{key}' (write it with delfx search)")
+    ranks, scores, queries = load_search_output(ranks_path)
     index, db_names, _ = load(index_dir)
+    check_ranked_ids(ranks, len(db_names), str(ranks_path), queries)
     junk = None
     if conf.drop_junk:
         if root is None or dataset is None:
             raise InputError("dropping junk needs --root and --dataset")
         junk = [t.junk for t in RetrievalDataset(root, dataset).truth]
-    queries = [str(q) for q in arrays["queries"]]
     with FeatureReader(features) as reader:
-        ranks, inliers = rerank_all(
+        new_ranks, inliers = rerank_all(
             conf,
-            arrays["ranks"],
-            arrays["scores"],
+            ranks,
+            scores,
             reader,
             queries,
             db_names,
             junk=junk,
             words_fn=index.words,
             progress=progress,
+            source=str(ranks_path),
         )
-    return save_arrays(out, {"ranks": ranks, "inliers": inliers, "queries": arrays["queries"]})
+    names = np.asarray(queries, dtype=np.str_)
+    return save_arrays(out, {"ranks": new_ranks, "inliers": inliers, "queries": names})

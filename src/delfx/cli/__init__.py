@@ -2,7 +2,8 @@
 
 Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
 ``func`` to a handler ``(args) -> int``. Handlers only translate flags into a stage's ``main``
-call. Errors from the library (:class:`~delfx.errors.DelfxError`) are printed as one line on
+call. Errors from the library (:class:`~delfx.errors.DelfxError`) and operating-system errors
+(:class:`OSError`: a full disk, a folder where a file should go...) are printed as one line on
 stderr with exit status 2; ``--debug`` shows the traceback instead.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -91,9 +93,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"delfx: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("delfx: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the path at fault (the destination of a rename
+    or copy) and the reason, e.g. ``/x/out.h5: No space left on device``."""
+    reason = (exc.strerror or "").strip().splitlines()
+    text = reason[0] if reason else os.strerror(exc.errno) if exc.errno else ""
+    text = text or (str(exc).splitlines() or [type(exc).__name__])[0]
+    name = exc.filename2 if exc.filename2 is not None else exc.filename
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if not isinstance(name, str | os.PathLike):  # no file name, or a file descriptor
+        return text
+    if isinstance(exc, FileExistsError) and os.path.exists(name) and not os.path.isdir(name):
+        text = f"{text} and is not a folder"  # mkdir where a file stands
+    return f"{os.fspath(name)}: {text}"
 
 
 def add_output_flags(parser: argparse.ArgumentParser, *, gnd: bool = True) -> None:

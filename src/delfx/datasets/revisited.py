@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -59,10 +60,37 @@ def _index_array(value: Any, field: str, n_db: int, where: str) -> np.ndarray:
     return uniq
 
 
+def image_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an image inside a dataset's ``jpg`` folder, or None when it can.
+
+    A name is a relative path with ``/`` separators (sub-folders are allowed) that stays inside
+    the folder once normalised: not empty, not absolute, no ``..`` leading out, no NUL and no
+    ``\\`` (a Windows separator).
+    """
+    if not name or "\x00" in name:
+        return "empty or holds a NUL"
+    if "\\" in name:
+        return "holds a backslash"
+    if PurePosixPath(name).is_absolute():
+        return "is an absolute path"
+    norm = posixpath.normpath(name)
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        return "leads outside the dataset's jpg folder"
+    return None
+
+
+def _check_names(names: list[str], field: str, source: str) -> None:
+    for i, name in enumerate(names):
+        problem = image_name_problem(name)
+        if problem is not None:
+            raise InputError(f"{source}: field '{field}' [{i}] image name {name!r} {problem}")
+
+
 def parse_gnd(raw: Any, source: str) -> tuple[list[str], list[str], list[QueryTruth]]:
     """Validate a raw ground-truth dict and convert it to typed query records.
 
-    Checks: the three keys are present, ``gnd`` has one entry per query, every index list holds
+    Checks: the three keys are present, every image name stays inside the dataset's ``jpg``
+    folder (:func:`image_name_problem`), ``gnd`` has one entry per query, every index list holds
     in-range integers without repeats, boxes have four finite values with ``x1 < x2, y1 < y2``.
 
     Args:
@@ -82,6 +110,8 @@ def parse_gnd(raw: Any, source: str) -> tuple[list[str], list[str], list[QueryTr
             raise InputError(f"{source}: missing key '{key}'")
     imlist = [str(x) for x in raw["imlist"]]
     qimlist = [str(x) for x in raw["qimlist"]]
+    _check_names(imlist, "imlist", source)
+    _check_names(qimlist, "qimlist", source)
     entries = list(raw["gnd"])
     if len(entries) != len(qimlist):
         raise InputError(
@@ -148,7 +178,11 @@ class RetrievalDataset:
 
     # -- paths -----------------------------------------------------------------------------
     def image_path(self, image_name: str) -> Path:
-        """Path of an image given its name without ``.jpg``."""
+        """Path of an image given its name without ``.jpg``; a name that would lead outside
+        the ``jpg`` folder is refused (:class:`InputError`)."""
+        problem = image_name_problem(image_name)
+        if problem is not None:
+            raise InputError(f"{self.folder}: image name {image_name!r} {problem}")
         return self.folder / "jpg" / f"{image_name}.jpg"
 
     @property

@@ -7,6 +7,7 @@ Everything is first written under a temporary name in the destination's own fold
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -24,10 +25,28 @@ def _umask() -> int:
     return mask
 
 
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder; an error names ``path`` (mkdir alone names only the folder)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        msg = f"{os.strerror(errno.ENOTDIR)} (a parent of it is a file)"
+        raise NotADirectoryError(errno.ENOTDIR, msg, str(path)) from None
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises:
+        OSError: naming ``path`` (not the temporary file): a parent that is a file, a full
+            disk, no permission. Nothing is left behind and an existing ``path`` is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes owner-only files; give the file the permissions open() would
@@ -37,6 +56,10 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -70,7 +93,7 @@ def staging_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> It
     final = Path(final)
     if final.exists() and not overwrite:
         raise DelfxError(f"{final}: already exists (pass --overwrite to replace it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes an owner-only folder
     try:

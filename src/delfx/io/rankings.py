@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from delfx.errors import InputError
-from delfx.evaluation.rankings import check_lists, split_matrix
+from delfx.evaluation.rankings import as_index_matrix, check_lists, split_matrix
 from delfx.io import atomic
 
 
@@ -58,6 +58,40 @@ def load_rankings(
             raise InputError(f"{path}: not a readable .npy array ({exc})") from None
         return split_matrix(mat, len(images), len(queries), str(path), layout)
     return _parse_text(path, images, queries)
+
+
+def load_search_output(
+    path: str | os.PathLike[str],
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read the ``.npz`` written by ``delfx search``: ``ranks``, ``scores`` and ``queries``.
+
+    Returns:
+        ``(ranks, scores, queries)``: ``Q x K`` int64 image ids, ``Q x K`` float64 scores and
+        the ``Q`` query names. The ids are not range-checked here (the index size is needed:
+        see :func:`delfx.verify.rerank.check_ranked_ids`).
+
+    Raises:
+        InputError: one line naming the file: missing, unreadable, an array missing or of the
+            wrong shape or type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: ranks file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    for key in ("ranks", "scores", "queries"):
+        if key not in arrays:
+            raise InputError(f"{path}: missing array '{key}' (write it with delfx search)")
+    ranks, scores, queries = arrays["ranks"], arrays["scores"], arrays["queries"]
+    ranks = as_index_matrix(ranks, f"{path}: 'ranks'")
+    if queries.ndim != 1 or queries.shape[0] != ranks.shape[0]:
+        raise InputError(f"{path}: {queries.size} query names for {ranks.shape[0]} ranked lists")
+    if scores.shape != ranks.shape or scores.dtype.kind not in "iuf":
+        raise InputError(f"{path}: 'scores' of shape {scores.shape}, expected {ranks.shape}")
+    return ranks, scores.astype(np.float64, copy=False), [str(q) for q in queries]
 
 
 def _parse_text(path: Path, images: Sequence[str], queries: Sequence[str]) -> list[np.ndarray]:

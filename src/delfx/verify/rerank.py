@@ -93,6 +93,31 @@ def shortlist(
     return r[:k].copy()
 
 
+def check_ranked_ids(
+    ranks: np.ndarray, n_images: int, source: str, query_names: Sequence[str] | None = None
+) -> None:
+    """Refuse a ranking whose ids do not all name an image of the index.
+
+    Args:
+        ranks: ``Q x K`` image ids (or one ``(K,)`` list per query).
+        n_images: the index size; valid ids are ``0 .. n_images - 1``.
+        source: the ranks file (or what the ranks are), for the message.
+        query_names: the queries' names, for the message (positions when None).
+
+    Raises:
+        InputError: one line naming ``source``, the query and the first bad id.
+    """
+    for q, row in enumerate(ranks):
+        r = np.asarray(row).reshape(-1)
+        bad = r[(r < 0) | (r >= n_images)]
+        if bad.size:
+            name = f"'{query_names[q]}'" if query_names is not None else str(q)
+            raise InputError(
+                f"{source}: query {name} ranks image id {int(bad[0])}, "
+                f"outside the index's [0, {n_images})"
+            )
+
+
 def merge(ranked: np.ndarray, head: np.ndarray) -> np.ndarray:
     """Put re-ranked ids in front of the rest of a ranking.
 
