@@ -15,7 +15,6 @@ it was learned from the same source with the same model and settings.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,20 +33,13 @@ from delfx.extract import Job, dataset_jobs, folder_jobs, read_job, source_jobs,
 from delfx.features.delf import DelfConfig, extract_delf
 from delfx.features.local_pca import LocalPCA, learn_local_pca, load_local_pca, save_local_pca
 from delfx.features.types import LocalFeatures
+from delfx.io.cache_key import file_digest
 from delfx.models.attention import AttentionNet, resolve_attention
 
 logger = logging.getLogger(__name__)
 
 #: At most this many training descriptors are used to learn the PCA (spread over the images).
 PCA_SAMPLES = 100_000
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def load_network(
@@ -76,7 +68,7 @@ def load_network(
         raise InputError(f"{model}: its attention sits on block '{net.block}', not '{block}'")
     path = Path(model)
     if path.is_file():
-        described = {"source": path.name, "weights": _file_digest(path)}
+        described = {"source": path.name, "weights": file_digest(path)[:16]}
     else:
         described = {"source": model, "weights": pretrained}
     return net, {**described, **net.meta}

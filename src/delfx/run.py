@@ -18,13 +18,14 @@ The ``delf-*`` pipelines use DELF features of the network in ``delf`` (:mod:`del
 their PCA, when the pipeline has one, is learned on the independent images of 1-2 only.
 ``global+local`` takes the ranking of a global descriptor (``global_opts``) as its first stage
 and verifies its top ``rerank_num`` with DELF features, as DELG does; ``global+asmk`` ranks by
-the sum of the DELF ASMK* score and the global cosine similarity.
+the sum of the DELF ASMK* score and the global cosine similarity (weighted by
+``fusion_weight``). ``global+sift-sv`` and ``global+sift-asmk`` do the same with RootSIFT. The
+global stage applies every global option (scales, αQE, DBA, learned whitening) as ``global-gem``
+does (:func:`delfx.run_global.global_ranking`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -43,6 +44,7 @@ from delfx.global_options import GlobalOptions
 from delfx.index.fusion import fuse_rankings
 from delfx.index.local import IndexConfig
 from delfx.index.storage import IndexDir, load_arrays, save_arrays
+from delfx.io.cache_key import digest
 from delfx.io.featurestore import FeatureReader, load_descriptors
 from delfx.rerank import RerankConfig, rerank_all
 from delfx.verify.ransac import RansacConfig
@@ -63,7 +65,9 @@ class PipelineConfig:
         rerank: verification settings; ``rerank.rerank_num = 0`` disables verification.
         pca_dim: PCA-whitening of DELF descriptors to this size (learned on independent images).
         global_first: rank with the global descriptor instead of a local index.
-        fuse_global: rank by the local index's score plus the global cosine similarity.
+        fuse_global: rank by the local index's score plus ``fusion_weight`` times the global
+            cosine similarity.
+        fusion_weight: weight of the global similarity in ``fuse_global``.
     """
 
     features: str
@@ -73,6 +77,7 @@ class PipelineConfig:
     pca_dim: int | None = None
     global_first: bool = False
     fuse_global: bool = False
+    fusion_weight: float = 1.0
 
 
 #: Verification of DELF features: the seed's ratio test, a tolerance fit for a 16-32 px grid.
@@ -124,11 +129,16 @@ PIPELINES: dict[str, PipelineConfig] = {
         pca_dim=128,
         fuse_global=True,
     ),  # fmt: skip
+    # hybrids of an ImageNet global descriptor and RootSIFT: a global shortlist verified with
+    # RootSIFT, and global similarity fused with RootSIFT ASMK* scores
+    "global+sift-sv": PipelineConfig(
+        "rootsift", IndexConfig(kind="asmk"), rerank=RerankConfig(rerank_num=100),
+        global_first=True,
+    ),  # fmt: skip
+    "global+sift-asmk": PipelineConfig(
+        "rootsift", IndexConfig(kind="asmk", n_words=16384, ma=5), fuse_global=True,
+    ),  # fmt: skip
 }
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -220,6 +230,8 @@ def main(
     workers: int | None = None,
     delf: run_delf.DelfOptions | None = None,
     global_opts: GlobalOptions | None = None,
+    whiten_pairs: str | None = None,
+    fusion_weight: float | None = None,
     progress: bool = True,
 ) -> Path:
     """Run a named pipeline and write the results JSON.
@@ -238,7 +250,12 @@ def main(
         index_overrides: replace index settings (e.g. ``{"n_words": 1024}`` for small data).
         workers: extraction processes and verification threads.
         delf: the network and settings of DELF features (``delf-*`` and ``global+local``).
-        global_opts: the global descriptor of ``global+local`` (default: ``delf.model``).
+        global_opts: the global descriptor of the hybrid pipelines (default: ``delf.model``);
+            its scales, αQE and DBA are applied as in ``global-gem``.
+        whiten_pairs: learn the global descriptor's whitening (Lw) from this training set's
+            pairs (``ROOT:NAME``), as ``global-gem-whiten`` does.
+        fusion_weight: weight of the global similarity in fused pipelines (None: the
+            pipeline's default).
         progress: progress bars.
 
     Returns:
@@ -270,17 +287,28 @@ def main(
     if not pipe.global_first:
         index, ranks, scores, extra = _local_stage(run, pipe, feats, codebook_from, q_names)
     if pipe.global_first or pipe.fuse_global:
-        t0 = time.perf_counter()
+        from delfx import run_global  # needs torch
+
         gopts = global_opts if global_opts is not None else GlobalOptions(model=delf.model)
-        g_ranks, g_scores, meta = run_delf.global_shortlist(
-            gopts, Path(root), dataset, work, progress
+        g_ranks, g_scores, g_method, g_extra = run_global.global_ranking(
+            "global-gem-whiten" if whiten_pairs is not None else "global-gem",
+            run.dataset,
+            work,
+            gopts,
+            whiten_pairs=whiten_pairs,
+            progress=progress,
+            timings=run.timings,
         )
         if pipe.fuse_global:
-            ranks, scores = fuse_rankings(ranks, scores, g_ranks, g_scores, len(db_names))
+            t0 = time.perf_counter()
+            weight = pipe.fusion_weight if fusion_weight is None else fusion_weight
+            ranks, scores = fuse_rankings(ranks, scores, g_ranks, g_scores, len(db_names), weight)
+            run.timed("search", t0)
+            extra["fusion_weight"] = weight
         else:
             ranks, scores = g_ranks, g_scores
-        run.timed("search", t0)
-        extra["global_model"] = meta
+        extra["global_model"] = g_extra.pop("model_meta")
+        extra.update(global_method=g_method, global_options=asdict(gopts), **g_extra)
     run.timings["search_per_query_ms"] = 1000 * run.timings.get("search", 0.0) / len(q_names)
 
     method = pipeline
@@ -339,11 +367,14 @@ def _local_stage(
     """Build (or reuse) the local index and rank every query: ``(index, ranks, scores, info)``."""
     dataset = run.dataset.name
     db_names = [f"db/{n}" for n in run.dataset.images]
-    key = _digest(
+    key = digest(
         [asdict(pipe.index), pipe.features, pipe.codebook_on_database, codebook_from, feats.name]
     )
     index_dir = run.work / f"index-{pipe.index.kind}-{dataset}-{key}"
+    # beside the index, not in it: an index folder holds only the index's own files
+    ranks_path = run.work / f"ranks-{index_dir.name}.npz"
     if not IndexDir(index_dir).exists():
+        ranks_path.unlink(missing_ok=True)  # ranks of an earlier build of this index
         t0 = time.perf_counter()
         train, source = _training_set(run, pipe, feats, codebook_from)
         run.timed("codebook_data", t0)
@@ -363,7 +394,6 @@ def _local_stage(
     index, names, manifest = build_index.load(index_dir)
     if names != db_names:
         raise InputError(f"{index_dir}: indexed images differ from {dataset}'s database")
-    ranks_path = index_dir / "ranks.npz"
     if ranks_path.is_file():
         arrays = load_arrays(ranks_path)
         ranks, scores = arrays["ranks"], arrays["scores"]

@@ -10,17 +10,14 @@ images. ``global+local`` ranks by a global descriptor first (:mod:`delfx.run_glo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from delfx.errors import InputError
 from delfx.io import atomic
+from delfx.io.cache_key import digest, model_id
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +47,6 @@ class DelfOptions:
     pca_dim: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def _model_id(model: str) -> str:
-    p = Path(model)
-    if p.is_file():
-        st = p.stat()
-        return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return model
 
 
 def delf_config(preset: str, opts: DelfOptions) -> Any:
@@ -113,13 +98,13 @@ def delf_features(
         )
     pca_dim = opts.pca_dim if pca_from is not None else None
     model_key = [
-        _model_id(opts.model), opts.pretrained, opts.pooling, opts.attention, opts.block,
+        model_id(opts.model), model_id(opts.pretrained), opts.pooling, opts.attention, opts.block,
         dataclasses.asdict(conf),
     ]  # fmt: skip
     pca_file = None
     if pca_dim is not None:
-        pca_file = work / f"pca-delf-{_digest([*model_key, pca_dim, pca_from])}.npz"
-    key = _digest([*model_key, pca_dim, pca_from if pca_dim else None])
+        pca_file = work / f"pca-delf-{digest([*model_key, pca_dim, pca_from])}.npz"
+    key = digest([*model_key, pca_dim, pca_from if pca_dim else None])
     out = work / f"features-delf-{preset}-{name}-{key}.h5"
     done = out.with_suffix(".done")
     if done.is_file() and out.is_file():
@@ -153,23 +138,3 @@ def delf_features(
 def _same_dataset(spec: str, root: Path, name: str) -> bool:
     other_root, other = spec.rsplit(":", 1)
     return other == name and Path(other_root).resolve() == Path(root).resolve()
-
-
-def global_shortlist(
-    opts: Any, root: Path, dataset: str, work: Path, progress: bool
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Rank the database by global descriptor similarity.
-
-    Args:
-        opts: :class:`~delfx.global_options.GlobalOptions`.
-
-    Returns:
-        ``(ranks Q x N, scores Q x N, model meta)``.
-    """
-    from delfx.extract_global import load_global
-    from delfx.index.global_search import rank_ip
-    from delfx.run_global import describe_cached
-
-    db, q, _, _, attrs = load_global(describe_cached(opts, root, dataset, work, progress))
-    ranks, scores = rank_ip(db, q)
-    return ranks, scores, attrs.get("model_meta", {})

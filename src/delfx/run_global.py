@@ -14,8 +14,6 @@ companion when present, else the dataset's images unrelated to every query.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -32,6 +30,7 @@ from delfx.errors import InputError
 from delfx.evaluate import score, write_results
 from delfx.global_options import GLOBAL_PIPELINES, GlobalOptions
 from delfx.index.global_search import alpha_qe, dba, rank_ip
+from delfx.io.cache_key import digest, model_id
 from delfx.io.images import read_image
 from delfx.models.describe import describe_images
 from delfx.models.whitening import apply_whitening, learn_whitening, pca_whiten
@@ -41,11 +40,16 @@ logger = logging.getLogger(__name__)
 
 def describe_cached(opts: GlobalOptions, root: Path, name: str, work: Path, progress: bool) -> Path:
     """Global descriptors of dataset ``name`` in ``work`` (described once per setting)."""
-    key = hashlib.sha1(
-        json.dumps(
-            [opts.model, opts.pretrained, opts.pooling, opts.image_size, opts.scales]
-        ).encode()
-    ).hexdigest()[:10]
+    # keyed on the weights' content: a checkpoint retrained in place gets new descriptors
+    key = digest(
+        [
+            model_id(opts.model),
+            model_id(opts.pretrained),
+            opts.pooling,
+            opts.image_size,
+            list(opts.scales),
+        ]
+    )
     out = work / f"global-{name}-{key}.h5"
     if not out.is_file():
         conf = extract_global.GlobalExtractConfig(image_size=opts.image_size, scales=opts.scales)
@@ -116,6 +120,62 @@ def _learned_whitening(opts: GlobalOptions, spec: str) -> tuple[np.ndarray, np.n
     return m, P, f"learned whitening (Lw) from {len(qidxs)} pairs of {name}"
 
 
+def global_ranking(
+    pipeline: str,
+    ds: RetrievalDataset,
+    work: Path,
+    opts: GlobalOptions,
+    *,
+    codebook_from: str | None = None,
+    whiten_pairs: str | None = None,
+    progress: bool = True,
+    timings: dict[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
+    """Rank a dataset's database for every query by a global descriptor.
+
+    Every option of ``opts`` is applied: scales, whitening (``global-gem-whiten``), DBA and αQE.
+
+    Args:
+        timings: where to add the seconds spent describing (``describe``) and ranking
+            (``search``).
+
+    Returns:
+        ``(ranks Q x N, scores Q x N, method name, extra results fields)``.
+    """
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    if pipeline not in GLOBAL_PIPELINES:
+        raise InputError(f"pipeline '{pipeline}': expected one of {', '.join(GLOBAL_PIPELINES)}")
+    if whiten_pairs is not None and pipeline != "global-gem-whiten":
+        raise InputError(f"--whiten-pairs: only {GLOBAL_PIPELINES[1]} learns a whitening")
+    db, q, _, _, attrs = extract_global.load_global(
+        describe_cached(opts, ds.root, ds.name, work, progress)
+    )
+    timings["describe"] = timings.get("describe", 0.0) + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {"model_meta": attrs.get("model_meta", {})}
+    if pipeline == "global-gem-whiten":
+        if whiten_pairs is not None:
+            m, P, label = _learned_whitening(opts, whiten_pairs)
+        else:
+            train, source = _whitening_data(opts, ds, db, work, codebook_from, progress)
+            m, P = pca_whiten(train, dim=min(train.shape[0] - 1, train.shape[1]))
+            label = f"PCA-whitening, {P.shape[0]} dims, learned on {source}"
+        db = apply_whitening(db, m, P).astype(np.float32)
+        q = apply_whitening(q, m, P).astype(np.float32)
+        extra["whitening"] = label
+    if opts.dba > 0:
+        db = dba(db, opts.dba, opts.alpha)
+    ranks, scores = rank_ip(db, q)
+    if opts.qe > 0:
+        ranks, scores = rank_ip(db, alpha_qe(db, q, ranks, opts.qe, opts.alpha))
+    timings["search"] = timings.get("search", 0.0) + time.perf_counter() - t0
+    method = (
+        pipeline + (f"+dba{opts.dba}" if opts.dba else "") + (f"+aqe{opts.qe}" if opts.qe else "")
+    )
+    return ranks, scores, method, extra
+
+
 def main(
     pipeline: str,
     root: str | os.PathLike[str],
@@ -135,31 +195,15 @@ def main(
     work.mkdir(parents=True, exist_ok=True)
     ds = RetrievalDataset(root, dataset)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    db, q, _, _, attrs = extract_global.load_global(
-        describe_cached(opts, Path(root), dataset, work, progress)
-    )
-    timings["describe"] = time.perf_counter() - t0
-    extra: dict[str, Any] = {"model_meta": attrs.get("model_meta", {})}
-    t0 = time.perf_counter()
-    if pipeline == "global-gem-whiten":
-        if whiten_pairs is not None:
-            m, P, label = _learned_whitening(opts, whiten_pairs)
-        else:
-            train, source = _whitening_data(opts, ds, db, work, codebook_from, progress)
-            m, P = pca_whiten(train, dim=min(train.shape[0] - 1, train.shape[1]))
-            label = f"PCA-whitening, {P.shape[0]} dims, learned on {source}"
-        db = apply_whitening(db, m, P).astype(np.float32)
-        q = apply_whitening(q, m, P).astype(np.float32)
-        extra["whitening"] = label
-    if opts.dba > 0:
-        db = dba(db, opts.dba, opts.alpha)
-    ranks, _ = rank_ip(db, q)
-    if opts.qe > 0:
-        ranks, _ = rank_ip(db, alpha_qe(db, q, ranks, opts.qe, opts.alpha))
-    timings["search"] = time.perf_counter() - t0
-    method = (
-        pipeline + (f"+dba{opts.dba}" if opts.dba else "") + (f"+aqe{opts.qe}" if opts.qe else "")
+    ranks, _, method, extra = global_ranking(
+        pipeline,
+        ds,
+        work,
+        opts,
+        codebook_from=codebook_from,
+        whiten_pairs=whiten_pairs,
+        progress=progress,
+        timings=timings,
     )
     t0 = time.perf_counter()
     scores = score(ds, list(ranks))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from delfx import run
 from delfx.cli import add_subcommand
-from delfx.cli.types import float_list, positive_int
+from delfx.cli.types import float_list, nonnegative_float, positive_int
 from delfx.errors import InputError
 from delfx.evaluation.report import format_lines
 from delfx.global_options import GLOBAL_PIPELINES, GlobalOptions
@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ROOT:NAME",
         help="learn Lw from this training set's query-positive pairs",
     )
-    d = parser.add_argument_group("DELF pipelines (delf-*, global+local)")
+    d = parser.add_argument_group("DELF and hybrid pipelines (delf-*, global+*)")
     d.add_argument(
         "--attention",
         choices=("learned", "l2"),
@@ -97,7 +97,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--pca-dim", type=positive_int, help="PCA-whitened DELF dimension (independent images)"
     )
-    d.add_argument("--global-model", help="global+local: global checkpoint (default: --model)")
+    d.add_argument(
+        "--global-model",
+        help="hybrid pipelines: the global descriptor's checkpoint or arch (default: --model)",
+    )
+    d.add_argument(
+        "--fusion-weight",
+        type=nonnegative_float,
+        help="fused pipelines (global+asmk, global+sift-asmk): weight of the global similarity "
+        "added to the ASMK* score (default: the pipeline's)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run)
 
@@ -140,13 +149,9 @@ def _run(args: argparse.Namespace) -> int:
         args.work,
         args.output,
         delf=delf,
-        global_opts=GlobalOptions(
-            model=args.global_model or args.model,
-            pretrained=args.pretrained,
-            pooling=args.pool,
-            image_size=args.image_size,
-            device=args.device,
-        ),
+        global_opts=replace(opts, model=args.global_model or args.model),
+        whiten_pairs=args.whiten_pairs,
+        fusion_weight=args.fusion_weight,
         rerank_num=args.rerank_num,
         codebook_from=args.codebook_from,
         drop_junk=args.drop_junk,

@@ -48,6 +48,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite number of at least 0 (weights where 0 means off)."""
+    value = float(_number(text, float))
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def probability(text: str) -> float:
     """A number in ``[0, 1]``."""
     value = float(_number(text, float))
