@@ -69,6 +69,18 @@ def test_relative_paths_follow_the_file(tmp_path: Path) -> None:
         (MINIMAL + "data: [{kind: zip, name: a}]\n", "data[0].kind"),
         (MINIMAL.replace("root: data\n", ""), "missing 'root'"),
         ("root: [unclosed\n", "not valid YAML"),
+        (MINIMAL + "  codebook-size: [1, 2]\n", "'evaluate.codebook-size' must be a whole number"),
+        (MINIMAL + "  codebook-size: '64'\n", "'evaluate.codebook-size' must be a whole number"),
+        (MINIMAL + "  codebook-size: -5\n", "codebook-size must be at least 2"),
+        (MINIMAL + "  tree-height: 0\n", "tree-height"),
+        (
+            MINIMAL.replace("[delf-asmk]", "[{name: delf-asmk, rerank-num: x}]"),
+            "'evaluate.pipelines[0].rerank-num' must be a whole number",
+        ),
+        (
+            MINIMAL.replace("[delf-asmk]", "[{name: delf-asmk, rerank-num: -1}]"),
+            "'evaluate.pipelines[0].rerank-num' must be >= 0",
+        ),
     ],
 )
 def test_bad_files_name_the_key(tmp_path: Path, text: str, needle: str) -> None:

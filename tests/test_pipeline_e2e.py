@@ -55,7 +55,6 @@ def test_tiny_config_runs_end_to_end_and_skips_what_is_done(
     ]
     for res in summary["results"]:
         assert res["dataset"] == "tiny-test" and res["n_queries"] == 9
-        assert 0.0 <= res["protocols"]["medium"]["mAP"] <= 100.0
     asmk = next(r for r in summary["results"] if r["method"] == "delf-asmk")
     assert "tiny-indep" in asmk["codebook"]  # independent images, not the test database
     assert asmk["pipeline"]["delf"]["pca_dim"] == 64

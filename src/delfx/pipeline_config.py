@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from delfx.errors import InputError
+from delfx.index.local import IndexConfig
 from delfx.io.yaml_safe import load_yaml
 
 SECTIONS = ("root", "work", "device", "data", "finetune", "attention", "extract", "evaluate")
@@ -124,6 +125,13 @@ def _train_section(raw: Any, where: str, path: Path, extra: set[str]) -> dict[st
     return d
 
 
+def _int(value: Any, key: str, path: Path) -> int:
+    """A whole number from the file (YAML gives ints, or strings and lists by mistake)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{path}: '{key}' must be a whole number, got {value!r}")
+    return value
+
+
 def _rel(base: Path, value: Any, key: str, path: Path) -> Path:
     if not isinstance(value, str | os.PathLike) or not str(value):
         raise InputError(f"{path}: '{key}' must be a path")
@@ -167,7 +175,10 @@ def _pipelines(raw: Any, path: Path) -> tuple[PipelineRun, ...]:
         _check_fields(d, {"name", "rerank_num"}, f"evaluate.pipelines[{i}]", path)
         if "name" not in d:
             raise InputError(f"{path}: evaluate.pipelines[{i}] needs 'name'")
-        out.append(PipelineRun(str(d["name"]), int(d.get("rerank_num") or 0)))
+        rerank = _int(d.get("rerank_num", 0), f"evaluate.pipelines[{i}].rerank-num", path)
+        if rerank < 0:
+            raise InputError(f"{path}: 'evaluate.pipelines[{i}].rerank-num' must be >= 0")
+        out.append(PipelineRun(str(d["name"]), rerank))
     known = (*PIPELINES, *GLOBAL_PIPELINES)
     for i, run in enumerate(out):
         if run.name not in known:
@@ -222,11 +233,15 @@ def load(path: str | os.PathLike[str]) -> Experiment:
     if not datasets:
         raise InputError(f"{path}: 'evaluate.datasets' must name at least one dataset")
     overrides = {
-        k: int(ev[key])
+        k: _int(ev[key], f"evaluate.{key.replace('_', '-')}", path)
         for k, key in (("n_words", "codebook_size"), ("branch", "tree_branch"))
         + (("height", "tree_height"),)
         if ev.get(key) is not None
     }
+    try:  # the index config's own rules (e.g. codebook-size >= 2)
+        dataclasses.replace(IndexConfig(), **overrides)
+    except InputError as exc:
+        raise InputError(f"{path}: evaluate: {exc}") from None
     root = _rel(base, top["root"], "root", path)
     codebook_from = ev.get("codebook_from")
     if isinstance(codebook_from, str) and ":" in codebook_from:

@@ -132,11 +132,15 @@ PIPELINES: dict[str, PipelineConfig] = {
     # hybrids of an ImageNet global descriptor and RootSIFT: a global shortlist verified with
     # RootSIFT, and global similarity fused with RootSIFT ASMK* scores
     "global+sift-sv": PipelineConfig(
-        "rootsift", IndexConfig(kind="asmk"), rerank=RerankConfig(rerank_num=100),
+        "rootsift",
+        IndexConfig(kind="asmk"),
+        rerank=RerankConfig(rerank_num=100),
         global_first=True,
     ),  # fmt: skip
     "global+sift-asmk": PipelineConfig(
-        "rootsift", IndexConfig(kind="asmk", n_words=16384, ma=5), fuse_global=True,
+        "rootsift",
+        IndexConfig(kind="asmk", n_words=16384, ma=5),
+        fuse_global=True,
     ),  # fmt: skip
 }
 
