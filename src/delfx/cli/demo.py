@@ -60,10 +60,15 @@ def _print(summary: dict, work: Path | None) -> None:
             f"  {_fmt(p['medium']['mP@k'][0])}"
         )
     print()
+    if summary.get("pretrained"):
+        print("global-gem: EfficientNet-Lite0 GeM at 512 px with ImageNet weights, not trained")
+        print("on these photos. global+sift-asmk: its cosine similarity added to the RootSIFT")
+        print("ASMK* score.")
+    else:
+        print("The pretrained pipelines (best on these sets) need pip install 'delfx[pretrained]',")
+        print("which 'make demo' installs.")
     print("sift-asmk: RootSIFT + ASMK* (codebook trained on distractor photos only); +svN: the")
     print("top N verified with MAGSAC++. sift-voctree-seed: the seed's SIFT vocabulary tree,")
-    print("trained on the test database as the seed did. The CNN and DELF pipelines need a")
-    print("trained network: 'delfx pipeline configs/tiny-cpu.yaml' trains one here (needs")
-    print("the torch extra, installed by 'make test').")
+    print("trained on the test database as the seed did.")
     if work is not None:
         print(f"Datasets and results JSON kept in {work}")
