@@ -86,16 +86,19 @@ PIPELINES: dict[str, PipelineConfig] = {
     ),  # fmt: skip
     # hybrids of an ImageNet global descriptor and RootSIFT: a global shortlist verified with
     # RootSIFT, and global similarity fused with RootSIFT ASMK* scores
+    # defaults chosen on the realviews training places (benchmarks/pretrained_pipelines.py):
+    # shortlists of 20, 50 and 100 and weights 1, 2 and 4 tied there, so the cheapest were kept
     "global+sift-sv": PipelineConfig(
         "rootsift",
         IndexConfig(kind="asmk"),
-        rerank=RerankConfig(rerank_num=100),
+        rerank=RerankConfig(rerank_num=20),
         global_first=True,
     ),  # fmt: skip
     "global+sift-asmk": PipelineConfig(
         "rootsift",
         IndexConfig(kind="asmk", n_words=16384, ma=5),
         fuse_global=True,
+        fusion_weight=1.0,
     ),  # fmt: skip
 }
 
