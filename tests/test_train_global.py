@@ -68,6 +68,11 @@ def test_export_name_matches_seed():
     assert SEED_PATTERN.match(export_name(seed))
 
 
+def _medium(lines: list[str]) -> float:
+    """The Medium mAP of a seed-format line ``>> name: mAP E: x, M: y, H: z``."""
+    return float(lines[0].split("M: ")[1].split(",")[0])
+
+
 def test_two_epochs(data_root, tmp_path):
     seen: list[tuple[int, list[str]]] = []
     out = train_global.main(
@@ -81,7 +86,10 @@ def test_two_epochs(data_root, tmp_path):
     assert SEED_PATTERN.match(out.name) and "_imsize64" in out.name
     for name in ("model_epoch1.pth", "model_epoch2.pth", "model_last.pth", "model_best.pth"):
         assert (out / name).is_file(), name
-    rows = _log_rows(out)
+    initial, *rows = _log_rows(out)
+    # epoch 0: the network before training, evaluated, with no loss
+    assert initial["epoch"] == "0" and initial["loss"] == ""
+    assert initial["tinytest_mAP_M"] == f"{_medium(seen[0][1]):.2f}"
     assert [r["epoch"] for r in rows] == ["1", "2"]
     losses = [float(r["loss"]) for r in rows]
     assert all(math.isfinite(v) and v >= 0 for v in losses)

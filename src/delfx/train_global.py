@@ -147,7 +147,9 @@ def _run(
     if resume is not None:
         trainer.resume(resume)
     elif conf.test_datasets and main_rank:
-        _report(0, trainer.evaluate(), on_eval)
+        results = trainer.evaluate()
+        trainer.log_initial(results)  # epoch 0 in log.csv: the network before training
+        _report(0, results, on_eval)
     start = time.perf_counter()
     while trainer.epoch < conf.epochs:
         t0 = time.perf_counter()

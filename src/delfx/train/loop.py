@@ -213,6 +213,14 @@ class Trainer:
         state.write_log(self.export_dir / "log.csv", self.fields, self.rows)
         return improved
 
+    def log_initial(self, results: dict[str, Any]) -> None:
+        """Record the evaluation before training as ``log.csv``'s epoch-0 row (no loss)."""
+        row = state.log_row(0, float("nan"), self.lr, results)
+        self.rows.append({**row, "loss": ""})
+        if self.rank == 0:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+            state.write_log(self.export_dir / "log.csv", self.fields, self.rows)
+
     def resume(self, path: str | os.PathLike[str]) -> int:
         """Restore network, optimizer, scheduler, epoch, best metric, RNG states and log rows.
 
