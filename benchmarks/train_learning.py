@@ -168,7 +168,7 @@ def main() -> None:
     t1 = time.perf_counter()
     out = train_global.main(conf, args.work / "export", root=root, progress=False, on_eval=keep)
     t_train = time.perf_counter() - t1
-    rows = list(csv.DictReader((out / "log.csv").open()))
+    rows = [r for r in csv.DictReader((out / "log.csv").open()) if r["epoch"] != "0"]
     print(f"data {t_data:.0f} s, training {t_train:.0f} s ({args.epochs} epochs), {out.name}")
     print("| epoch | loss | synth-test mAP M | real-test mAP M |")
     print("|---|---|---|---|")
