@@ -183,7 +183,8 @@ def leaf_paths(tree: VocabTree, leaves: np.ndarray) -> list[list[int]]:
 def section_tree(n: int, rng: np.random.Generator, store: Path | None) -> dict:
     sets = [("synthetic SIFT-like", sift_like(n, rng))]
     if store is not None:
-        from delfx.io.featurestore import FeatureReader, load_descriptors
+        from delfx.io.descriptor_sample import load_descriptors
+        from delfx.io.featurestore import FeatureReader
 
         with FeatureReader(store) as reader:
             real = load_descriptors(reader)[0][:n]

@@ -20,7 +20,8 @@ from delfx.datasets.gnd_io import write_gnd
 from delfx.errors import InputError
 from delfx.features.sift import PRESETS, SiftConfig, extract_sift, root_sift
 from delfx.features.types import LocalFeatures
-from delfx.io.featurestore import FeatureReader, FeatureWriter, load_descriptors
+from delfx.io.descriptor_sample import load_descriptors
+from delfx.io.featurestore import FeatureReader, FeatureWriter
 
 FULL = SiftConfig(max_side=4096)  # no resizing, all keypoints
 

@@ -14,7 +14,8 @@ from delfx.cli import main as cli_main
 from delfx.errors import InputError
 from delfx.index.local import IndexConfig
 from delfx.index.storage import IndexDir
-from delfx.io.featurestore import FeatureReader, load_descriptors
+from delfx.io.descriptor_sample import load_descriptors
+from delfx.io.featurestore import FeatureReader
 
 REALVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "realviews"
 PLACES = [

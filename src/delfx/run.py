@@ -44,7 +44,8 @@ from delfx.global_options import GlobalOptions
 from delfx.index.fusion import fuse_rankings
 from delfx.index.storage import IndexDir, load_arrays, save_arrays
 from delfx.io.cache_key import digest
-from delfx.io.featurestore import FeatureReader, load_descriptors
+from delfx.io.descriptor_sample import load_descriptors
+from delfx.io.featurestore import FeatureReader
 from delfx.rerank import rerank_all
 from delfx.run_presets import PIPELINES, PipelineConfig
 

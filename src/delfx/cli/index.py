@@ -8,7 +8,8 @@ from delfx import build_index, rerank, search
 from delfx.cli import add_subcommand
 from delfx.cli.types import positive_int
 from delfx.index.local import KINDS, PRESETS, IndexConfig
-from delfx.io.featurestore import FeatureReader, load_descriptors
+from delfx.io.descriptor_sample import load_descriptors
+from delfx.io.featurestore import FeatureReader
 from delfx.verify.ransac import RansacConfig
 
 
