@@ -185,7 +185,6 @@ def main(
 
     ranks, scores, queries = load_search_output(ranks_path)
     index, db_names, _ = load(index_dir)
-    check_ranked_ids(ranks, len(db_names), str(ranks_path), queries)
     junk = None
     if conf.drop_junk:
         if root is None or dataset is None:

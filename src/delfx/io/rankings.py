@@ -43,14 +43,10 @@ def load_rankings(
     if not path.is_file():
         raise InputError(f"{path}: rankings file not found")
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if "ranks" not in data.files:
-                    raise InputError(f"{path}: no 'ranks' array (files: {', '.join(data.files)})")
-                mat = data["ranks"]
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{path}: not a readable .npz file ({exc})") from None
-        return split_matrix(mat, len(images), len(queries), str(path), "query-by-k")
+        arrays = _read_npz(path)
+        if "ranks" not in arrays:
+            raise InputError(f"{path}: no 'ranks' array (files: {', '.join(arrays)})")
+        return split_matrix(arrays["ranks"], len(images), len(queries), str(path), "query-by-k")
     if path.suffix == ".npy":
         try:
             mat = np.load(path, allow_pickle=False)
@@ -77,11 +73,7 @@ def load_search_output(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: ranks file not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    arrays = _read_npz(path)
     for key in ("ranks", "scores", "queries"):
         if key not in arrays:
             raise InputError(f"{path}: missing array '{key}' (write it with delfx search)")
@@ -92,6 +84,15 @@ def load_search_output(
     if scores.shape != ranks.shape or scores.dtype.kind not in "iuf":
         raise InputError(f"{path}: 'scores' of shape {scores.shape}, expected {ranks.shape}")
     return ranks, scores.astype(np.float64, copy=False), [str(q) for q in queries]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, never unpickling; an unreadable file is one line."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
 
 
 def _parse_text(path: Path, images: Sequence[str], queries: Sequence[str]) -> list[np.ndarray]:
