@@ -52,7 +52,7 @@ def _load_batch(
     return out
 
 
-def _add_all(
+def add_batches(
     index: LocalIndex,
     store: IndexDir,
     reader: FeatureReader,
@@ -62,7 +62,13 @@ def _add_all(
     allow_empty: bool,
     progress: bool,
 ) -> tuple[LocalIndex, list[str]]:
-    """Add ``names`` in batches, writing one segment file per batch; returns the file names."""
+    """Add ``names`` in batches, writing one segment file per batch.
+
+    ``reader`` is a feature file or a :class:`~delfx.io.featureset.FeatureSet`.
+
+    Returns:
+        ``(index with the images added, the new segment file names)``.
+    """
     dim = local.dim_of(index)
     files = []
     bar = tqdm(
@@ -129,7 +135,7 @@ def build(
         meta, arrays = local.state_of(index)
         model = store.write_model(arrays)
         t = time.perf_counter()
-        index, files = _add_all(
+        index, files = add_batches(
             index,
             store,
             reader,
@@ -178,7 +184,7 @@ def append(
         dup = set(names) & set(present)
         if dup:
             raise InputError(f"{store.path}: image '{sorted(dup)[0]}' is already indexed")
-        index, files = _add_all(
+        index, files = add_batches(
             index,
             store,
             reader,

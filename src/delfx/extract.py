@@ -95,10 +95,11 @@ def folder_jobs(folder: str | os.PathLike[str]) -> list[Job]:
         if name in jobs:
             raise InputError(f"{path}: same name as {jobs[name].path} once the suffix is dropped")
         jobs[name] = Job(name, path)
+    if not jobs:
+        also = f" ({skipped} file(s) without an image suffix)" if skipped else ""
+        raise InputError(f"{folder}: no photos found{also}")
     if skipped:
         logger.info("%s: skipped %d file(s) that are not photos", folder, skipped)
-    if not jobs:
-        raise InputError(f"{folder}: no photos found")
     return sorted(jobs.values(), key=lambda j: j.name)
 
 

@@ -132,21 +132,63 @@ def rerank_all(
         )
     ):
         exclude = junk[q] if (conf.drop_junk and junk is not None) else None
-        cand = shortlist(ranks[q], conf.rerank_num, exclude)
-        if cand.size == 0:
+        if shortlist(ranks[q], conf.rerank_num, exclude).size == 0:
             out.append(ranks[q])
             continue
-        query = _strongest(reader.get(qname), conf.max_features)
-        # read here, not in the threads: h5py serialises access anyway
-        feats = [_strongest(reader.get(db_names[i]), conf.max_features) for i in cand]
-        inl = verify_candidates(
-            query, feats, conf.ransac, matches_fn=matches_fn, workers=conf.workers, ratio=conf.ratio
+        row, inl = rerank_one(
+            conf,
+            ranks[q],
+            scores[q],
+            reader.get(qname),
+            lambda i: reader.get(db_names[i]),
+            exclude=exclude,
+            matches_fn=matches_fn,
         )
-        first = _scores_of(ranks[q], scores[q], cand)
-        order = rerank(first, inl, conf.ransac.min_inliers)
-        out.append(merge(ranks[q], cand[order]))
-        all_inliers[q, : inl.size] = inl[order]
+        out.append(row)
+        all_inliers[q, : inl.size] = inl
     return np.stack(out), all_inliers
+
+
+def rerank_one(
+    conf: RerankConfig,
+    ranked: np.ndarray,
+    scores: np.ndarray,
+    query: LocalFeatures,
+    get_db: Callable[[int], LocalFeatures],
+    *,
+    exclude: np.ndarray | None = None,
+    matches_fn: Callable[[LocalFeatures, LocalFeatures], np.ndarray] | None = None,
+    words_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Verify the head of one ranked list and move verified images first.
+
+    Args:
+        conf: verification settings (``rerank_num`` candidates).
+        ranked: ``(K,)`` image ids, best first.
+        scores: ``(K,)`` their first-stage scores.
+        query: the query's features.
+        get_db: image id -> its features (called in this thread, before the fits).
+        exclude: ids to drop before taking the shortlist.
+        matches_fn: tentative matches (default: from ``conf.matches`` and ``words_fn``).
+        words_fn: descriptors -> visual words, for ``words`` matches.
+
+    Returns:
+        ``(new_ranked, inliers)``: ``(K,)`` ids and the shortlist's inlier counts in their
+        new order (``(k,)``, ``k <= rerank_num``).
+    """
+    cand = shortlist(ranked, conf.rerank_num, exclude)
+    if cand.size == 0:
+        return np.asarray(ranked, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    fn = matches_fn if matches_fn is not None else _matcher(conf, words_fn)
+    q = _strongest(query, conf.max_features)
+    # read here, not in the threads: h5py serialises access anyway
+    feats = [_strongest(get_db(int(i)), conf.max_features) for i in cand]
+    inl = verify_candidates(
+        q, feats, conf.ransac, matches_fn=fn, workers=conf.workers, ratio=conf.ratio
+    )
+    first = _scores_of(ranked, scores, cand)
+    order = rerank(first, inl, conf.ransac.min_inliers)
+    return merge(ranked, cand[order]), inl[order]
 
 
 def _strongest(feats: LocalFeatures, n: int | None) -> LocalFeatures:

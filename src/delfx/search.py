@@ -89,7 +89,21 @@ def main(
     index, _, _ = load(index_dir)
     with FeatureReader(features) as reader:
         names = list(reader.names("query/") if query_names is None else query_names)
+        if not names:
+            raise InputError(_no_queries(reader))
         ranks, scores = rank_queries(index, reader, names, top_k=top_k, progress=progress)
     return save_arrays(
         out, {"ranks": ranks, "scores": scores, "queries": np.asarray(names, dtype=np.str_)}
     )
+
+
+def _no_queries(reader: FeatureReader) -> str:
+    """The one line for a feature file without ``query/`` entries, saying what it holds."""
+    n_db = len(reader.names("db/"))
+    if n_db:
+        return (
+            f"{reader.path}: no query entries (its {n_db} images are database entries, as "
+            "'delfx extract sift --images' stores photos); to search with photos, use "
+            "'delfx query COLLECTION PHOTO' or extract a dataset with queries"
+        )
+    return f"{reader.path}: no query entries to search with"

@@ -21,7 +21,7 @@ from delfx.errors import DelfxError
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
-    from delfx.cli import data, demo, evaluate, extract, index, pipeline, run, train
+    from delfx.cli import collection, data, demo, evaluate, extract, index, pipeline, run, train
 
     parser = argparse.ArgumentParser(
         prog="delfx",
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.register(sub)
     index.register(sub)
     pipeline.register(sub)
+    collection.register_query(sub)
     run.register(sub)
     train.register(sub)
     return parser

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from delfx import build_index, rerank, search
-from delfx.cli import add_subcommand
+from delfx.cli import add_subcommand, collection
 from delfx.cli.types import positive_int
+from delfx.errors import InputError
 from delfx.index.local import KINDS, PRESETS, IndexConfig
 from delfx.io.descriptor_sample import load_descriptors
 from delfx.io.featurestore import FeatureReader
@@ -34,11 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--allow-empty", action="store_true", help="index images without features")
     b.add_argument("--overwrite", action="store_true")
     b.set_defaults(func=_build)
-    a = add_subcommand(sub, "add", "add the db images of a feature store to an index")
-    a.add_argument("--index", required=True, metavar="DIR")
-    a.add_argument("--features", required=True, metavar="F.h5")
+    a = add_subcommand(
+        sub, "add", "add photos to a collection (DIR --images), or a feature store to an index"
+    )
+    collection.add_collection_flags(a)
+    a.add_argument("--index", metavar="DIR", help="an index folder (delfx index build)")
+    a.add_argument("--features", metavar="F.h5", help="the db images to add to --index")
     a.add_argument("--allow-empty", action="store_true")
     a.set_defaults(func=_add)
+    collection.register_index(sub)
 
     s = add_subcommand(subparsers, "search", "rank an index's images for each query")
     s.add_argument("--index", required=True, metavar="DIR")
@@ -95,6 +100,15 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
+    if args.dir is not None:
+        if args.index is not None or args.features is not None:
+            raise InputError("index add: give DIR --images PATH..., or --index and --features")
+        return collection.add_to_collection(args)
+    if args.index is None or args.features is None:
+        raise InputError(
+            "index add: give a collection and photos (DIR --images PATH...), "
+            "or an index and features (--index DIR --features F.h5)"
+        )
     out = build_index.append(args.index, args.features, allow_empty=args.allow_empty)
     print(f"updated {out}")
     return 0

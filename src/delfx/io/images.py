@@ -104,7 +104,11 @@ def _cap_error(path: Path, full: tuple[int, int], decoded: tuple[int, int], cap:
 
 
 def _open_checked(
-    path: Path, *, max_pixels: int | None = None, max_side: int | None = None
+    path: Path,
+    *,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    data: bytes | None = None,
 ) -> _Opened:
     """Open an image, check its size against the pixel cap from the header, then fully decode it.
 
@@ -120,7 +124,7 @@ def _open_checked(
     try:
         with warnings.catch_warnings():  # PIL's raw bomb warning: our cap check replaces it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 full = img.size
                 target = fit_size(*full, max_side) if max_side is not None else full
                 drafted = None
@@ -208,12 +212,16 @@ def _to_rgb(img: Image.Image, path: Path) -> np.ndarray:
 
 
 def read_image(
-    path: str | os.PathLike[str], *, max_pixels: int | None = None, max_side: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    data: bytes | None = None,
 ) -> np.ndarray:
     """Read a photo as an upright RGB array.
 
     Args:
-        path: an image file.
+        path: an image file (with ``data``: only the name errors give, e.g. an upload's).
         max_pixels: the pixel cap (default: :func:`pixel_cap`, i.e. ``$DELFX_MAX_PIXELS`` or
             :data:`MAX_PIXELS`); checked from the header, before decoding.
         max_side: when given, shrink on load so that the longer side is at most ``max_side``,
@@ -221,6 +229,7 @@ def read_image(
             a JPEG is decoded at reduced DCT scale, then resized with Lanczos. Keypoints found
             on the result are in its pixels, not the file's: scale them by the ratio of
             :func:`image_size` to the result's size.
+        data: the encoded image itself (bytes of a file), decoded with the same checks.
 
     Returns:
         ``H x W x 3`` ``uint8`` RGB array (``max(H, W) <= max_side`` when given).
@@ -232,7 +241,7 @@ def read_image(
     path = Path(path)
     if max_side is not None and (int(max_side) != max_side or max_side < 1):
         raise InputError(f"{path}: max_side must be a whole number >= 1, got {max_side!r}")
-    opened = _open_checked(path, max_pixels=max_pixels, max_side=max_side)
+    opened = _open_checked(path, max_pixels=max_pixels, max_side=max_side, data=data)
     image = _to_rgb(opened.image, path)
     if max_side is None:
         return image

@@ -1,0 +1,395 @@
+"""The writer of a collection: create, add, remove, compact (see :mod:`delfx.engine.manifest`).
+
+Every writer takes the folder's lock, writes new files under names no committed manifest uses,
+commits the manifest last and then deletes the files the new manifest no longer names. Killed
+at any point, it leaves the collection as the last commit described it; a killed create
+resumes its extraction on the next create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from delfx.engine import manifest as mf
+from delfx.engine.extractor import Extractor
+from delfx.engine.photos import photo_jobs
+from delfx.engine.spec import EngineSpec
+from delfx.engine.vectors import describe_jobs, write_vectors
+from delfx.errors import InputError
+from delfx.extract import Job, _results, write_store
+from delfx.index import local
+from delfx.index.storage import IndexDir
+from delfx.io.descriptor_sample import load_descriptors
+from delfx.io.featureset import FeatureSet
+from delfx.io.featurestore import FeatureReader, FeatureWriter
+
+logger = logging.getLogger(__name__)
+
+#: Fewest training descriptors per visual word when a collection sizes its own codebook.
+POINTS_PER_WORD = 64
+#: Smallest codebook a collection sizes for itself.
+MIN_WORDS = 256
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold the collection's writer lock; a second writer fails at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / mf.LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{folder}: another process is writing this collection") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _check_folder(folder: Path, overwrite: bool) -> None:
+    """A create may write here: new, empty, only its own (unfinished) files, or ``overwrite``."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    if mf.is_collection(folder) and not overwrite:
+        raise InputError(f"{folder}: a collection exists (pass --overwrite to rebuild it)")
+    for p in sorted(folder.iterdir()):
+        if p.name in (mf.MANIFEST, mf.INDEX) or mf.own_top_file(p.name):
+            continue
+        raise InputError(
+            f"{folder}: not empty and not a delfx collection (it holds '{p.name}'); "
+            "choose an empty or new folder"
+        )
+
+
+def codebook_words(conf: local.IndexConfig, n_train: int, given: bool) -> local.IndexConfig:
+    """Size a flat codebook for a collection: at most the preset's words, at least
+    :data:`POINTS_PER_WORD` training descriptors per word (a power of two >= :data:`MIN_WORDS`),
+    unless the size was ``given`` explicitly."""
+    if given or conf.kind == "voctree":
+        return conf
+    words = MIN_WORDS
+    while words * 2 * POINTS_PER_WORD <= n_train and words * 2 <= conf.n_words:
+        words *= 2
+    # faiss asks for at least 39 points per centroid
+    return replace(
+        conf, n_words=min(words, conf.n_words), points_per_word=max(40, conf.points_per_word)
+    )
+
+
+def _extract(
+    extractor: Extractor,
+    jobs: Sequence[Job],
+    out: Path,
+    *,
+    resume: bool,
+    workers: int,
+    progress: bool,
+) -> None:
+    n = max(1, min(workers, len(jobs) // 4 or 1))  # a pool pays off only for several photos
+    write_store(
+        out,
+        extractor.store_config,
+        jobs,
+        lambda todo: _results(todo, extractor.sift, n),
+        label="extract sift",
+        source=f"{len(jobs)} photos",
+        progress=progress,
+        overwrite=not resume,
+    )
+
+
+def _add_images(
+    index: local.LocalIndex,
+    folder: Path,
+    feats: FeatureSet,
+    names: Sequence[str],
+    progress: bool,
+) -> tuple[local.LocalIndex, list[str]]:
+    from delfx.build_index import add_batches
+
+    store = IndexDir(folder / mf.INDEX)
+    return add_batches(
+        index, store, feats, names, batch_images=2000, allow_empty=True, progress=progress
+    )
+
+
+def create(
+    spec: EngineSpec,
+    folder: str | os.PathLike[str],
+    photos: str | os.PathLike[str],
+    *,
+    codebook_from: str | os.PathLike[str] | None = None,
+    codebook_size_given: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Extract, train the codebook and index every photo under ``photos``.
+
+    Args:
+        spec: the engine (a SIFT pipeline or a global hybrid of one).
+        folder: the collection folder to write.
+        photos: the folder of photos; names are paths relative to it.
+        codebook_from: a feature file (``.h5``) of other images to train the codebook on
+            (default: the photos themselves).
+        codebook_size_given: keep ``spec.pipeline.index.n_words`` as is (else sized to the data).
+        overwrite: replace an existing collection.
+        workers: extraction processes (default: every core).
+        device: torch device of the global network.
+        progress: progress bars.
+
+    Returns:
+        The collection folder.
+    """
+    folder, photos = Path(folder), Path(photos)
+    _check_folder(folder, overwrite)
+    jobs = photo_jobs([photos], root=photos)
+    extractor = Extractor(spec, device)
+    timings: dict[str, float] = {}
+    with locked(folder):
+        _check_folder(folder, overwrite)
+        previous = mf.read(folder) if mf.is_collection(folder) else None
+        feat_name, glob_name = mf.shard_names(0 if previous is None else previous["next_shard"])
+        t = time.perf_counter()
+        # resumes the shard of a killed create (same name, same config); an overwrite starts anew
+        _extract(
+            extractor, jobs, folder / feat_name, resume=previous is None,
+            workers=workers or os.cpu_count() or 1, progress=progress,
+        )  # fmt: skip
+        timings["extract"] = time.perf_counter() - t
+        names = [j.name for j in jobs]
+        shard: dict[str, Any] = {"features": feat_name, "global": None, "n": len(names), "first": 0}
+        if spec.uses_global:
+            t = time.perf_counter()
+            write_vectors(folder / glob_name, names, describe_jobs(extractor, jobs, progress))
+            shard["global"] = glob_name
+            timings["global"] = time.perf_counter() - t
+        t = time.perf_counter()
+        conf = spec.pipeline.index
+        with FeatureSet([folder / feat_name]) as feats:
+            if codebook_from is None:
+                source, train_names, reader = "the collection's photos", names, feats
+                train, _ = load_descriptors(reader, train_names, conf.train_per_image, conf.seed)
+            else:
+                with FeatureReader(codebook_from) as other:
+                    source = f"features {codebook_from}"
+                    train, _ = load_descriptors(
+                        other, other.names(), conf.train_per_image, conf.seed
+                    )
+            if train.shape[0] == 0:
+                raise InputError(f"{photos}: no features found in any photo to train on")
+            conf = codebook_words(conf, train.shape[0], codebook_size_given)
+            index = local.train(conf, train)
+            timings["codebook"] = time.perf_counter() - t
+            meta_empty, arrays = local.state_of(index)
+            store = IndexDir(folder / mf.INDEX)
+            store.path.mkdir(parents=True, exist_ok=True)
+            model = store.write_model(arrays)
+            t = time.perf_counter()
+            index, segments = _add_images(index, folder, feats, names, progress)
+            timings["index"] = time.perf_counter() - t
+        meta, _ = local.state_of(index)
+        manifest = {
+            "spec": replace_index(spec, conf).to_dict(),
+            "photos": str(photos.resolve()),
+            "created": mf.now(),
+            "shards": [shard],
+            "next_shard": (0 if previous is None else previous["next_shard"]) + 1,
+            "index": {
+                "kind": conf.kind,
+                "config": asdict(conf),
+                "meta": meta,
+                "meta_empty": meta_empty,
+                "model": model,
+                "segments": segments,
+                "n_images": index.n_images,
+                "codebook": source,
+                "n_train_descriptors": int(train.shape[0]),
+            },
+            "removed": [],
+            "timings": timings,
+        }
+        mf.write(folder, manifest)
+        _clean(folder, manifest)
+    logger.info("collection %s: %d photos (%s)", folder, len(names), spec.name)
+    return folder
+
+
+def replace_index(spec: EngineSpec, conf: local.IndexConfig) -> EngineSpec:
+    """``spec`` with its index settings replaced (the codebook size a create chose)."""
+    return replace(spec, pipeline=replace(spec.pipeline, index=conf))
+
+
+def _clean(folder: Path, manifest: dict[str, Any]) -> None:
+    for path in mf.unused_files(folder, manifest):
+        path.unlink(missing_ok=True)
+        logger.debug("removed %s", path)
+
+
+def _load_index(folder: Path, manifest: dict[str, Any], meta_key: str = "meta") -> Any:
+    store = IndexDir(folder / mf.INDEX)
+    idx = manifest["index"]
+    arrays = store.read_model(idx["model"])
+    if meta_key == "meta_empty":
+        return local.restore(idx["meta_empty"], arrays, [], 0), []
+    segments, names = store.read_segments(idx)
+    return local.restore(idx["meta"], arrays, segments, idx["n_images"]), names
+
+
+def live_ids(names: Sequence[str], removed: Sequence[int]) -> dict[str, int]:
+    """Name -> image id of every image not removed (a replaced name maps to its newest id)."""
+    gone = set(removed)
+    return {n: i for i, n in enumerate(names) if i not in gone}
+
+
+def add(
+    folder: str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    replace_existing: bool = False,
+    workers: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[str]:
+    """Add photos (files or folders) to a collection; returns the names added.
+
+    A photo under the folder the collection was created from is named relative to it, a photo
+    in a given folder relative to that folder, a file given alone by its file name.
+
+    Raises:
+        InputError: a name that is already in the collection (unless ``replace_existing``, which
+            removes the old image), two photos of one name, or no photo at all.
+    """
+    from delfx.engine.spec import from_dict
+
+    folder = Path(folder)
+    with locked(folder):
+        manifest = mf.read(folder)
+        spec = from_dict(manifest["spec"], str(folder / mf.MANIFEST))
+        jobs = photo_jobs([Path(p) for p in paths], root=Path(manifest["photos"]))
+        index, names = _load_index(folder, manifest)
+        live = live_ids(names, manifest["removed"])
+        removed = list(manifest["removed"])
+        for job in jobs:
+            if job.name in live:
+                if not replace_existing:
+                    raise InputError(
+                        f"{job.path}: '{job.name}' is already in {folder} "
+                        "(pass --replace to replace it)"
+                    )
+                removed.append(live[job.name])
+        extractor = Extractor(spec, device)
+        feat_name, glob_name = mf.shard_names(manifest["next_shard"])
+        _extract(
+            extractor, jobs, folder / feat_name, resume=False,
+            workers=workers or os.cpu_count() or 1, progress=progress,
+        )  # fmt: skip
+        new = [j.name for j in jobs]
+        shard: dict[str, Any] = {
+            "features": feat_name, "global": None, "n": len(new), "first": len(names),
+        }  # fmt: skip
+        if spec.uses_global:
+            write_vectors(folder / glob_name, new, describe_jobs(extractor, jobs, progress))
+            shard["global"] = glob_name
+        shard_paths = [folder / s["features"] for s in manifest["shards"]] + [folder / feat_name]
+        with FeatureSet(shard_paths) as feats:
+            index, segments = _add_images(index, folder, feats, new, progress)
+        meta, _ = local.state_of(index)
+        updated = {
+            **manifest,
+            "shards": [*manifest["shards"], shard],
+            "next_shard": manifest["next_shard"] + 1,
+            "index": {
+                **manifest["index"],
+                "meta": meta,
+                "segments": [*manifest["index"]["segments"], *segments],
+                "n_images": index.n_images,
+            },
+            "removed": sorted(removed),
+        }
+        mf.write(folder, updated)
+        _clean(folder, updated)
+    return new
+
+
+def remove(folder: str | os.PathLike[str], names: Sequence[str]) -> int:
+    """Hide images at once (tombstones); :func:`compact` drops them from disk.
+
+    Returns:
+        The number of images removed.
+
+    Raises:
+        InputError: a name that is not in the collection (nothing is removed then).
+    """
+    folder = Path(folder)
+    with locked(folder):
+        manifest = mf.read(folder)
+        _, all_names = _load_index(folder, manifest)
+        live = live_ids(all_names, manifest["removed"])
+        missing = [n for n in names if n not in live]
+        if missing:
+            raise InputError(f"{folder}: no image named '{missing[0]}' in the collection")
+        ids = sorted({*manifest["removed"], *(live[n] for n in names)})
+        mf.write(folder, {**manifest, "removed": ids})
+    return len(set(names))
+
+
+def compact(folder: str | os.PathLike[str], *, progress: bool = True) -> int:
+    """Rewrite the collection without its removed images: one shard, a rebuilt index (same
+    codebook). Returns the number of images dropped from disk."""
+    from delfx.engine.vectors import read_matrix
+
+    folder = Path(folder)
+    with locked(folder):
+        manifest = mf.read(folder)
+        _, names = _load_index(folder, manifest)
+        live = live_ids(names, manifest["removed"])
+        keep = sorted(live.values())
+        keep_names = [names[i] for i in keep]
+        number = manifest["next_shard"]
+        feat_name, glob_name = mf.shard_names(number)
+        shard_paths = [folder / s["features"] for s in manifest["shards"]]
+        with FeatureSet(shard_paths) as feats:
+            with FeatureWriter(folder / feat_name, feats.config, resume=False) as writer:
+                for name in keep_names:
+                    writer.write(name, feats.get(name), feats.attrs(name))
+        shard: dict[str, Any] = {
+            "features": feat_name, "global": None, "n": len(keep), "first": 0,
+        }  # fmt: skip
+        if any(s.get("global") for s in manifest["shards"]):
+            matrix = read_matrix(folder, manifest["shards"], len(names))
+            write_vectors(folder / glob_name, keep_names, matrix[keep])
+            shard["global"] = glob_name
+        index, _ = _load_index(folder, manifest, "meta_empty")
+        with FeatureSet([folder / feat_name]) as feats:
+            index, segments = _add_images(index, folder, feats, keep_names, progress)
+        meta, _ = local.state_of(index)
+        updated = {
+            **manifest,
+            "shards": [shard],
+            "next_shard": number + 1,
+            "index": {
+                **manifest["index"],
+                "meta": meta,
+                "segments": segments,
+                "n_images": index.n_images,
+            },  # fmt: skip
+            "removed": [],
+        }
+        mf.write(folder, updated)
+        _clean(folder, updated)
+    return len(names) - len(keep)
+
+
+__all__ = ["add", "compact", "create", "live_ids", "remove"]

@@ -1,0 +1,255 @@
+"""A retrieval engine opened once and queried many times.
+
+A :class:`Searcher` holds everything a query needs: the extractor (rebuilt from the recorded
+spec), the local index, the feature shards (for verification), the global matrix and the
+removed images. It reads the manifest once, when opened: a writer that commits later changes
+nothing under it (open a new one to see the change), and the files it opened stay readable.
+
+``query(photo)`` describes a photo and ranks the collection; ``query_features`` takes features
+already extracted. Both return a :class:`QueryResult` of names, scores and inlier counts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from delfx.engine import manifest as mf
+from delfx.engine.extractor import Described, Extractor, Photo
+from delfx.engine.spec import DEFAULT_VERIFY, EngineSpec, from_dict
+from delfx.errors import InputError
+from delfx.features.types import LocalFeatures
+from delfx.index import local
+from delfx.index.fusion import fuse_rankings
+from delfx.index.storage import IndexDir
+from delfx.io.featureset import FeatureSet
+from delfx.rerank import RerankConfig, rerank_one
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result.
+
+    Attributes:
+        name: the image's name in the collection.
+        score: its first-stage score (index similarity, fused score or global cosine).
+        inliers: verified inliers, or None where the image was not verified.
+    """
+
+    name: str
+    score: float
+    inliers: int | None = None
+
+
+@dataclass
+class QueryResult:
+    """The ranked results of one query and where the time went (milliseconds)."""
+
+    hits: list[Hit]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """The names, best first."""
+        return [h.name for h in self.hits]
+
+
+class Searcher:
+    """An open engine (see the module docstring); use as a context manager.
+
+    Args:
+        spec: what the engine is.
+        index: the local index (None for a global-verify spec without one).
+        names: the name of each image id.
+        features: the local features of every image (for verification).
+        global_matrix: ``N x D`` global descriptors, row = id (None for a local-only spec).
+        removed: ids of removed images (never returned).
+        device: torch device of the global network.
+    """
+
+    def __init__(
+        self,
+        spec: EngineSpec,
+        index: local.LocalIndex | None,
+        names: Sequence[str],
+        features: FeatureSet,
+        global_matrix: np.ndarray | None = None,
+        removed: Sequence[int] = (),
+        device: str = "cpu",
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.index = index
+        self.names = list(names)
+        self.features = features
+        self.global_matrix = global_matrix
+        self.live = np.ones(len(self.names), dtype=bool)
+        self.live[np.asarray(list(removed), dtype=np.int64)] = False
+        self.extractor = Extractor(spec, device) if spec.sift_preset is not None else None
+        self.info = info or {}
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str], *, device: str = "cpu") -> Searcher:
+        """Open a collection folder (``delfx index create``).
+
+        Raises:
+            InputError: no collection there, or a damaged manifest or file (named).
+        """
+        from delfx.engine.vectors import read_matrix
+
+        folder = Path(folder)
+        t0 = time.perf_counter()
+        manifest = mf.read(folder)
+        spec = from_dict(manifest["spec"], str(folder / mf.MANIFEST))
+        store = IndexDir(folder / mf.INDEX)
+        idx = manifest["index"]
+        segments, names = store.read_segments(idx)
+        index = local.restore(idx["meta"], store.read_model(idx["model"]), segments, len(names))
+        matrix = None
+        if spec.uses_global:
+            matrix = read_matrix(folder, manifest["shards"], len(names))
+        features = FeatureSet([folder / s["features"] for s in manifest["shards"]])
+        info = {**manifest, "folder": str(folder), "open_s": time.perf_counter() - t0}
+        return cls(spec, index, names, features, matrix, manifest["removed"], device, info)
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the feature shards."""
+        self.features.close()
+
+    def __len__(self) -> int:
+        """The number of images a query can return."""
+        return int(self.live.sum())
+
+    def ids_of(self, names: Sequence[str]) -> list[int]:
+        """The live id of each name (the newest image of a replaced name)."""
+        where = {n: i for i, n in enumerate(self.names) if self.live[i]}
+        missing = [n for n in names if n not in where]
+        if missing:
+            raise InputError(f"no image named '{missing[0]}' in the collection")
+        return [where[n] for n in names]
+
+    # -- ranking ------------------------------------------------------------------------------
+
+    def rank(self, described: Described) -> tuple[np.ndarray, np.ndarray]:
+        """The first-stage ranking of every live image: ``(ids, scores)``, best first."""
+        n = len(self.names)
+        ids = scores = None
+        if self.spec.uses_index:
+            assert self.index is not None
+            desc = described.local.descriptors
+            if desc.shape[1] != local.dim_of(self.index):
+                raise InputError(
+                    f"query: {desc.shape[1]}-d descriptors; the index expects "
+                    f"{local.dim_of(self.index)}-d"
+                )
+            ids, scores = self.index.search(desc, n)
+        if self.spec.uses_global:
+            if self.global_matrix is None or described.global_vec is None:
+                raise InputError(f"pipeline '{self.spec.name}': no global descriptor to rank by")
+            sims = self.global_matrix @ described.global_vec.astype(np.float32)
+            g_ids = np.argsort(-sims, kind="stable").astype(np.int64)
+            g_scores = sims[g_ids].astype(np.float64)
+            if ids is None:
+                ids, scores = g_ids, g_scores
+            else:
+                fused = fuse_rankings(
+                    ids[None], np.asarray(scores)[None], g_ids[None], g_scores[None], n,
+                    self.spec.pipeline.fusion_weight,
+                )  # fmt: skip
+                ids, scores = fused[0][0], fused[1][0]
+        assert ids is not None and scores is not None
+        keep = self.live[ids]
+        return np.asarray(ids)[keep], np.asarray(scores, dtype=np.float64)[keep]
+
+    def verifier(self, verify: int) -> RerankConfig:
+        """The verification settings of the spec, for ``verify`` candidates."""
+        return replace(self.spec.pipeline.rerank, rerank_num=int(verify))
+
+    def _db(self) -> Callable[[int], LocalFeatures]:
+        return lambda i: self.features.get(self.names[i])
+
+    def query_features(
+        self, described: Described, *, top: int | None = 10, verify: int | None = None
+    ) -> QueryResult:
+        """Rank the collection for features already extracted.
+
+        Args:
+            described: the query's local features (and global descriptor for a hybrid spec).
+            top: results to return (None: every image).
+            verify: candidates to verify (None: the spec's own, else :data:`DEFAULT_VERIFY`
+                for a spec that verifies none; 0: none).
+
+        Raises:
+            InputError: a query without features, or an empty collection.
+        """
+        if len(self) == 0:
+            raise InputError(f"{self.info.get('folder', 'collection')}: holds no images")
+        if len(described.local) == 0 and self.spec.uses_index:
+            raise InputError("no local features found in the query")
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        ids, scores = self.rank(described)
+        timings["search_ms"] = 1000 * (time.perf_counter() - t)
+        n_verify = self._verify_count(verify)
+        inliers: dict[int, int] = {}
+        if n_verify > 0 and len(described.local) > 0:
+            t = time.perf_counter()
+            conf = self.verifier(n_verify)
+            words = None if self.index is None or conf.matches == "ratio" else self.index.words
+            new_ids, inl = rerank_one(
+                conf, ids, scores, described.local, self._db(), words_fn=words
+            )
+            head = new_ids[: inl.size]
+            inliers = {int(i): int(c) for i, c in zip(head, inl, strict=True)}
+            by_id = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+            ids, scores = new_ids, np.array([by_id[int(i)] for i in new_ids])
+            timings["verify_ms"] = 1000 * (time.perf_counter() - t)
+        k = len(ids) if top is None else min(int(top), len(ids))
+        hits = [
+            Hit(self.names[int(i)], float(s), inliers.get(int(i)))
+            for i, s in zip(ids[:k], scores[:k], strict=True)
+        ]
+        return QueryResult(hits, timings)
+
+    def _verify_count(self, verify: int | None) -> int:
+        if verify is not None:
+            if verify < 0:
+                raise InputError(f"verify must be at least 0, got {verify}")
+            return int(verify)
+        return self.spec.verify or DEFAULT_VERIFY
+
+    def query(
+        self,
+        photo: Photo,
+        *,
+        top: int | None = 10,
+        verify: int | None = None,
+        box: Sequence[float] | None = None,
+        label: str | None = None,
+    ) -> QueryResult:
+        """Describe a photo (path, bytes or ``H x W x 3`` array; optionally only its box
+        ``(x0, y0, x1, y1)``) and rank the collection (see :meth:`query_features`)."""
+        if self.extractor is None:
+            raise InputError(f"pipeline '{self.spec.name}': no extractor for photos")
+        name = label or (str(photo) if isinstance(photo, (str, os.PathLike)) else "photo")
+        t = time.perf_counter()
+        described = self.extractor.describe(photo, box, label=name)
+        extract_ms = 1000 * (time.perf_counter() - t)
+        try:
+            result = self.query_features(described, top=top, verify=verify)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+        result.timings = {"extract_ms": extract_ms, **result.timings}
+        result.timings["total_ms"] = sum(result.timings.values())
+        return result
