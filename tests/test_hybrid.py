@@ -152,9 +152,10 @@ def test_global_shortlist_verified_with_rootsift(
         seen.append((ranks.copy(), out[0], conf.rerank_num))
         return out
 
+    from delfx.engine import searcher
     from delfx.rerank import rerank_all as run_rerank_all
 
-    monkeypatch.setattr(run, "rerank_all", spy)
+    monkeypatch.setattr(searcher, "rerank_all", spy)  # run verifies through the engine
     out = tmp_path / "res.json"
     argv = ["run", "global+sift-sv", "--root", str(root), "--dataset", "hyb", "--work"]
     argv += [str(tmp_path), "--output", str(out), "--model", "resnet18", "--pretrained", "none"]

@@ -220,30 +220,20 @@ def main(
     The index gives the image names behind the ids and, for word matches, the visual words.
     ``root`` and ``dataset`` give the junk images to drop when ``conf.drop_junk`` is set.
     """
-    from delfx.build_index import load
     from delfx.datasets.revisited import RetrievalDataset
+    from delfx.engine.searcher import Searcher
     from delfx.index.storage import save_arrays
     from delfx.io.rankings import load_search_output
 
     ranks, scores, queries = load_search_output(ranks_path)
-    index, db_names, _ = load(index_dir)
     junk = None
     if conf.drop_junk:
         if root is None or dataset is None:
             raise InputError("dropping junk needs --root and --dataset")
         junk = [t.junk for t in RetrievalDataset(root, dataset).truth]
-    with FeatureReader(features) as reader:
-        new_ranks, inliers = rerank_all(
-            conf,
-            ranks,
-            scores,
-            reader,
-            queries,
-            db_names,
-            junk=junk,
-            words_fn=index.words,
-            progress=progress,
-            source=str(ranks_path),
+    with Searcher.from_index(index_dir, [features]) as searcher:
+        new_ranks, inliers = searcher.verify_stored(
+            conf, ranks, scores, queries, junk=junk, progress=progress, source=str(ranks_path)
         )
     names = np.asarray(queries, dtype=np.str_)
     return save_arrays(out, {"ranks": new_ranks, "inliers": inliers, "queries": names})

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from delfx import build_index, extract, run_delf, search
+from delfx import build_index, extract, run_delf
 from delfx.datasets.revisited import COMPANIONS, RetrievalDataset, unrelated_images
 from delfx.errors import InputError
 from delfx.evaluate import score, write_results
@@ -46,7 +46,6 @@ from delfx.index.storage import IndexDir, load_arrays, save_arrays
 from delfx.io.cache_key import digest
 from delfx.io.descriptor_sample import load_descriptors
 from delfx.io.featurestore import FeatureReader
-from delfx.rerank import rerank_all
 from delfx.run_presets import PIPELINES, PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -196,9 +195,9 @@ def main(
     feats = run.features(pipe.features)
     db_names = [f"db/{n}" for n in run.dataset.images]
     q_names = [f"query/{n}" for n in run.dataset.queries]
-    index, extra = None, {}
+    index_dir, extra = None, {}
     if not pipe.global_first:
-        index, ranks, scores, extra = _local_stage(run, pipe, feats, codebook_from, q_names)
+        index_dir, ranks, scores, extra = _local_stage(run, pipe, feats, codebook_from, q_names)
     if pipe.global_first or pipe.fuse_global:
         from delfx import run_global  # needs torch
 
@@ -228,17 +227,9 @@ def main(
     if rconf.rerank_num > 0:
         t0 = time.perf_counter()
         junk = [t.junk for t in run.dataset.truth]
-        with FeatureReader(feats) as reader:
-            ranks, _ = rerank_all(
-                rconf,
-                ranks,
-                scores,
-                reader,
-                q_names,
-                db_names,
-                junk=junk,
-                words_fn=None if index is None else index.words,
-                progress=progress,
+        with _searcher(pipeline, index_dir, feats, db_names) as searcher:
+            ranks, _ = searcher.verify_stored(
+                rconf, ranks, scores, q_names, junk=junk, progress=progress
             )
         run.timed("verify", t0)
         run.timings["verify_per_query_ms"] = 1000 * run.timings["verify"] / len(q_names)
@@ -304,20 +295,33 @@ def _local_stage(
             progress=run.progress,
         )
         run.timed("index", t0)
-    index, names, manifest = build_index.load(index_dir)
-    if names != db_names:
-        raise InputError(f"{index_dir}: indexed images differ from {dataset}'s database")
-    if ranks_path.is_file():
-        arrays = load_arrays(ranks_path)
-        ranks, scores = arrays["ranks"], arrays["scores"]
-    else:
-        t0 = time.perf_counter()
-        with FeatureReader(feats) as reader:
-            ranks, scores = search.rank_queries(index, reader, q_names, progress=run.progress)
-        run.timed("search", t0)
-        save_arrays(ranks_path, {"ranks": ranks, "scores": scores})
-    info = {
-        "codebook": manifest.get("train_source"),
-        "index_bytes_per_image": index.nbytes() / max(index.n_images, 1),
-    }
-    return index, ranks, scores, info
+    with _searcher(None, index_dir, feats, db_names) as searcher:
+        index = searcher.index
+        assert index is not None
+        if searcher.names != db_names:
+            raise InputError(f"{index_dir}: indexed images differ from {dataset}'s database")
+        if ranks_path.is_file():
+            arrays = load_arrays(ranks_path)
+            ranks, scores = arrays["ranks"], arrays["scores"]
+        else:
+            t0 = time.perf_counter()
+            ranks, scores = searcher.rank_stored(q_names, progress=run.progress)
+            run.timed("search", t0)
+            save_arrays(ranks_path, {"ranks": ranks, "scores": scores})
+        info = {
+            "codebook": IndexDir(index_dir).manifest().get("train_source"),
+            "index_bytes_per_image": index.nbytes() / max(index.n_images, 1),
+        }
+    return index_dir, ranks, scores, info
+
+
+def _searcher(
+    pipeline: str | None, index_dir: Path | None, feats: Path, db_names: list[str]
+) -> Any:
+    """The engine of one run: its index (None for a global shortlist) over the run's features;
+    ``pipeline`` names its spec (None: the spec of the index's kind)."""
+    from delfx.engine.searcher import Searcher
+    from delfx.engine.spec import named
+
+    spec = None if pipeline is None else named(pipeline)
+    return Searcher.from_index(index_dir, [feats], spec=spec, names=db_names)

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from delfx.build_index import load
 from delfx.errors import InputError
 from delfx.index import local
 from delfx.index.storage import save_arrays
@@ -86,12 +85,14 @@ def main(
     Returns:
         ``out`` as a Path.
     """
-    index, _, _ = load(index_dir)
-    with FeatureReader(features) as reader:
+    from delfx.engine.searcher import Searcher
+
+    with FeatureReader(features) as reader:  # checks the file before the index is read
         names = list(reader.names("query/") if query_names is None else query_names)
         if not names:
             raise InputError(_no_queries(reader))
-        ranks, scores = rank_queries(index, reader, names, top_k=top_k, progress=progress)
+    with Searcher.from_index(index_dir, [features]) as searcher:
+        ranks, scores = searcher.rank_stored(names, top_k=top_k, progress=progress)
     return save_arrays(
         out, {"ranks": ranks, "scores": scores, "queries": np.asarray(names, dtype=np.str_)}
     )

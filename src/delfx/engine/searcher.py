@@ -29,7 +29,7 @@ from delfx.index import local
 from delfx.index.fusion import fuse_rankings
 from delfx.index.storage import IndexDir
 from delfx.io.featureset import FeatureSet
-from delfx.rerank import RerankConfig, rerank_one
+from delfx.rerank import RerankConfig, rerank_all, rerank_one
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,78 @@ class Searcher:
         features = FeatureSet([folder / s["features"] for s in manifest["shards"]])
         info = {**manifest, "folder": str(folder), "open_s": time.perf_counter() - t0}
         return cls(spec, index, names, features, matrix, manifest["removed"], device, info)
+
+    @classmethod
+    def from_index(
+        cls,
+        index_dir: str | os.PathLike[str] | None,
+        features: Sequence[str | os.PathLike[str]],
+        *,
+        spec: EngineSpec | None = None,
+        names: Sequence[str] | None = None,
+    ) -> Searcher:
+        """Open a bare index folder (``delfx index build``) over feature files that hold its
+        images (and the queries), for ``delfx search``, ``delfx rerank`` and ``delfx run``.
+
+        Args:
+            index_dir: the index folder, or None for a spec that ranks by a global
+                descriptor only (then ``names`` gives the image of each id).
+            features: the feature files (shards, oldest first).
+            spec: what the engine is (default: the named spec of the index's kind).
+            names: the image of each id when there is no index.
+        """
+        from delfx.build_index import load
+        from delfx.engine.spec import named
+
+        index = None
+        if index_dir is not None:
+            index, names, manifest = load(index_dir)
+            if spec is None:
+                kind = manifest.get("kind", "asmk")
+                spec = named(f"sift-{kind}" if kind != "voctree" else "sift-voctree")
+        if spec is None or names is None:
+            raise InputError("searcher: an index folder, or a spec and image names, is needed")
+        return cls(spec, index, names, FeatureSet([Path(f) for f in features]))
+
+    def rank_stored(
+        self, query_names: Sequence[str], *, top_k: int | None = None, progress: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rank the index for queries whose features are in the feature set.
+
+        Returns:
+            ``(ranks, scores)``: ``Q x K`` image ids, best first, and their scores.
+        """
+        from delfx.search import rank_queries
+
+        if self.index is None:
+            raise InputError(f"pipeline '{self.spec.name}': no local index to rank with")
+        return rank_queries(self.index, self.features, query_names, top_k=top_k, progress=progress)
+
+    def verify_stored(
+        self,
+        conf: RerankConfig,
+        ranks: np.ndarray,
+        scores: np.ndarray,
+        query_names: Sequence[str],
+        *,
+        junk: Sequence[np.ndarray] | None = None,
+        progress: bool = True,
+        source: str = "ranks",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Verify the head of each ranked list (:func:`delfx.rerank.rerank_all`) with the
+        stored features of the queries and the images: ``(new ranks, inliers)``."""
+        return rerank_all(
+            conf,
+            ranks,
+            scores,
+            self.features,
+            query_names,
+            self.names,
+            junk=junk,
+            words_fn=None if self.index is None else self.index.words,
+            progress=progress,
+            source=source,
+        )
 
     def __enter__(self) -> Searcher:
         return self

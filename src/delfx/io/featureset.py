@@ -95,8 +95,7 @@ class FeatureSet:
         try:
             return self._where[name]
         except KeyError:
-            where = self.paths[0].parent if self.paths else "feature set"
-            raise InputError(f"{where}: no features stored for image '{name}'") from None
+            raise InputError(f"{self.path}: no features stored for image '{name}'") from None
 
     def _reader(self, name: str) -> FeatureReader:
         return self._readers[self._reader_index(name)]
@@ -128,7 +127,9 @@ class FeatureSet:
 
     @property
     def path(self) -> Path:
-        """The folder of the shards (for messages)."""
+        """What errors name: the file of a single shard, else the shards' folder."""
+        if len(self.paths) == 1:
+            return self.paths[0]
         return self.paths[0].parent if self.paths else Path(".")
 
     def __repr__(self) -> str:
