@@ -1,27 +1,51 @@
-"""Shared fixtures: tiny datasets in the revisited layout, made on the fly, and a tiny training
-root built from the real photos in ``../shared/data/realviews``."""
+"""Shared fixtures: tiny datasets in the revisited layout, made on the fly, and datasets built
+from the real photos shipped in the package (``delfx/samples``, see its ``ATTRIBUTION.md``), so
+a clone alone runs every test."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from delfx import build_groups, build_training
+from delfx import build_groups, build_training, synth
 from delfx.datasets.gnd_io import write_gnd
+from delfx.demo import samples_dir
 
-REALVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "realviews" / "groups"
+#: The package's sample photos: ``groups/<place>/NN.jpg`` (2-4 views of 19 places) and
+#: ``distractors/*.jpg`` (13 unrelated photos), at most 640 px on the longer side.
+SAMPLES = samples_dir()
+#: Training places of :func:`data_root` and its benchmark's places: disjoint, 2 views each.
 TRAIN_GROUPS = (
-    "aachen_rathaus",
     "admiralty_arch",
     "aerial_city",
     "campus_building",
-    "evd_cafe",
-    "evd_cat",
+    "framed_drawing",
+    "gendarmenmarkt_dom",
+    "grand_canyon_river",
 )
-TEST_GROUPS = ("evd_face", "evd_grand", "evd_mag", "evd_shop")
+TEST_GROUPS = ("leuven_street", "pasta_box", "rooftops", "sacre_coeur")
+#: The places of :func:`synth_root`: one photo each becomes a query and 4 synthetic views.
+SYNTH_PLACES = (
+    "admiralty_arch",
+    "berlin_cathedral",
+    "campus_building",
+    "maupertuis_house",
+    "sagrada_familia",
+    "st_pauls_cathedral",
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_delfx_logging():
+    """Drop the handler a ``delfx.cli.main`` call installs: it writes to the stderr that pytest
+    captured for that test, which is closed once the test ends."""
+    yield
+    logging.getLogger("delfx").handlers.clear()
 
 
 def make_photo(path: Path, seed: int, size: tuple[int, int] = (64, 48)) -> Path:
@@ -59,7 +83,7 @@ def tiny_dataset(tmp_path: Path) -> tuple[Path, str]:
 def _copy_small(names: tuple[str, ...], dst: Path) -> Path:
     """Copy groups' photos shrunk to a longer side of 96 px."""
     for name in names:
-        for src in sorted((REALVIEWS / name).glob("*.jpg")):
+        for src in sorted((SAMPLES / "groups" / name).glob("*.jpg")):
             (dst / name).mkdir(parents=True, exist_ok=True)
             with Image.open(src) as im:
                 im = im.convert("RGB")
@@ -70,13 +94,30 @@ def _copy_small(names: tuple[str, ...], dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A datasets root with training set ``views`` (6 groups) and benchmark ``tinytest`` (4),
-    from real photos at 96 px; skips the test when ``../shared/data/realviews`` is missing."""
-    if not REALVIEWS.is_dir():
-        pytest.skip("shared/data/realviews missing")
+    """A datasets root with training set ``views`` (6 places) and benchmark ``tinytest`` (4),
+    from the shipped sample photos at 96 px."""
     base = tmp_path_factory.mktemp("train_data")
     root = base / "data"
     build_training.main(_copy_small(TRAIN_GROUPS, base / "g_train"), root, "views", val_fraction=0)
     groups = _copy_small(TEST_GROUPS, base / "g_test")
     build_groups.main(build_groups.GroupsConfig(progress=False), groups, root, "tinytest")
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Benchmark ``tiny``: the first view of each of :data:`SYNTH_PLACES` becomes a query and 4
+    synthetic views, and the first 6 shipped distractors one view each: 30 database images, 6
+    queries. Built once per session (the tests only read it)."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    photos, distractors = tmp / "photos", tmp / "distractors"
+    photos.mkdir()
+    distractors.mkdir()
+    for place in SYNTH_PLACES:
+        first = sorted((SAMPLES / "groups" / place).glob("*.jpg"))[0]
+        shutil.copyfile(first, photos / f"{place}.jpg")
+    for f in sorted((SAMPLES / "distractors").glob("*.jpg"))[:6]:
+        shutil.copyfile(f, distractors / f.name)
+    conf = synth.SynthConfig(size=320, views=4)
+    synth.main(conf, photos, tmp / "root", "tiny", seed=0, distractors_dir=distractors)
+    return tmp / "root"

@@ -7,14 +7,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from delfx import build_groups
 from delfx.cli import main as cli_main
 from delfx.datasets.revisited import RetrievalDataset
-from tests.conftest import make_photo
-
-REALVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "realviews"
+from tests.conftest import SAMPLES, make_photo
 
 
 def validate(ds: RetrievalDataset) -> None:
@@ -31,36 +28,52 @@ def validate(ds: RetrievalDataset) -> None:
         assert p.is_file()
 
 
-@pytest.mark.skipif(not REALVIEWS.is_dir(), reason="shared/data/realviews not beside the repo")
-def test_build_groups_from_realviews(tmp_path, capsys):
+def test_build_groups_from_the_samples(tmp_path, capsys):
+    """The shipped sample photos (places of 2-4 views, distractors) make a valid benchmark: one
+    query per place, its other views as positives (``labels.json`` marks some hard), distractors
+    never positive; the expected counts are read from the folder itself."""
+    groups, distractors = SAMPLES / "groups", SAMPLES / "distractors"
     rc = cli_main(
         [
             "data",
             "build-groups",
-            str(REALVIEWS / "groups"),
+            str(groups),
             "--distractors",
-            str(REALVIEWS / "distractors"),
+            str(distractors),
             "--out",
             str(tmp_path),
             "--name",
-            "realviews",
+            "samples",
         ]
     )
     assert rc == 0
-    ds = RetrievalDataset(tmp_path, "realviews")
+    ds = RetrievalDataset(tmp_path, "samples")
     validate(ds)
-    manifest = json.loads((REALVIEWS / "manifest.json").read_text())
-    n_groups = len([p for p in (REALVIEWS / "groups").iterdir() if p.is_dir()])
-    assert len(ds.queries) == n_groups
-    assert len(ds.images) == manifest["n_group_images"] - n_groups + manifest["n_distractors"]
+    places = sorted(p for p in groups.iterdir() if p.is_dir())
+    n_group_images = sum(len(list(p.glob("*.jpg"))) for p in places)
+    n_distractors = len(list(distractors.glob("*.jpg")))
+    assert len(places) >= 2 and n_distractors >= 1
+    assert len(ds.queries) == len(places)
+    assert len(ds.images) == n_group_images - len(places) + n_distractors
     distractor_idx = [i for i, n in enumerate(ds.images) if n.startswith("distractor_")]
-    assert len(distractor_idx) == manifest["n_distractors"]
+    assert len(distractor_idx) == n_distractors
     for t in ds.truth:
         assert not set(distractor_idx) & set(np.concatenate([t.easy, t.hard, t.junk]).tolist())
+    # the places' labels.json files are honoured: their views are the hard positives
+    labelled = {
+        p.name: json.loads((p / "labels.json").read_text())
+        for p in places
+        if (p / "labels.json").is_file()
+    }
+    assert labelled  # some places have one
+    for place, labels in labelled.items():
+        (q,) = [i for i, n in enumerate(ds.queries) if n.startswith(f"{place}_")]
+        hard = [ds.images[i] for i in ds.truth[q].hard]
+        assert hard == [f"{place}_{Path(f).stem}" for f in labels["hard"]], place
     # a query's box covers its whole image
     w_h = ds.load_query(0).shape[1::-1]
     assert ds.query_bbox(0) == (0.0, 0.0, float(w_h[0]), float(w_h[1]))
-    assert [p.name for p in tmp_path.iterdir()] == ["realviews"]  # no temp folder left
+    assert [p.name for p in tmp_path.iterdir()] == ["samples"]  # no temp folder left
 
 
 def _groups(tmp_path: Path) -> Path:

@@ -21,12 +21,7 @@ from delfx.datasets.training import (
 )
 from delfx.errors import InputError
 from delfx.train.tuples import build_tuples, sample_pool, sample_queries, tuple_labels
-from tests.conftest import make_photo
-
-REALVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "realviews"
-needs_realviews = pytest.mark.skipif(
-    not (REALVIEWS / "groups").is_dir(), reason="shared/data/realviews not beside the repo"
-)
+from tests.conftest import SAMPLES, make_photo
 
 CIDS = [f"{i:02d}abcdef{i:04d}" for i in range(6)]
 
@@ -116,7 +111,8 @@ def test_whitening_pairs(tmp_path):
 
 
 def _copy_groups(dst: Path, n: int = 6) -> Path:
-    src = REALVIEWS / "groups"
+    """Copy the first ``n`` shipped sample places (their photos and labels) to ``dst``."""
+    src = SAMPLES / "groups"
     for g in sorted(p for p in src.iterdir() if p.is_dir())[:n]:
         shutil.copytree(g, dst / g.name)
         for f in (dst / g.name).iterdir():
@@ -125,7 +121,6 @@ def _copy_groups(dst: Path, n: int = 6) -> Path:
     return dst
 
 
-@needs_realviews
 def test_build_training_round_trip(tmp_path):
     groups = _copy_groups(tmp_path / "groups")
     (groups / sorted(p.name for p in groups.iterdir())[0] / "labels.json").write_text("{}")
@@ -159,7 +154,6 @@ def test_build_training_round_trip(tmp_path):
     assert other.is_dir()
 
 
-@needs_realviews
 @pytest.mark.parametrize("fault", ["one_view", "notes", "truncated", "empty"])
 def test_build_training_bad_input(tmp_path, fault):
     groups = _copy_groups(tmp_path / "groups", n=3)
