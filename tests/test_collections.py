@@ -279,3 +279,40 @@ def test_query_box_and_bytes(tmp_path):
         assert by_path.names()[0] == f"{name}/{photo.name}"
         with pytest.raises(InputError, match="photo"):
             s.query(b"not an image")
+
+
+def test_killed_create_resumes(tmp_path, monkeypatch):
+    """A create that dies during extraction leaves no collection; the next create extracts only
+    the photos still missing and gives the same collection as an uninterrupted one."""
+    from delfx.engine import build
+
+    photos = _photos(tmp_path / "photos", _groups()[:4], skip_first=False)
+    real = build._results
+    asked = []
+
+    def dies(todo, conf, workers):
+        asked.append(len(todo))
+        for i, item in enumerate(real(todo, conf, workers)):
+            if i == 5:
+                raise KeyboardInterrupt  # as a Ctrl-C
+            yield item
+
+    monkeypatch.setattr(build, "_results", dies)
+    spec = engine.named("sift-asmk", index=SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        engine.create(spec, tmp_path / "c", photos, workers=1, progress=False)
+    assert not mf.is_collection(tmp_path / "c")
+    total = asked[0]
+
+    def counts(todo, conf, workers):
+        asked.append(len(todo))
+        yield from real(todo, conf, workers)
+
+    monkeypatch.setattr(build, "_results", counts)
+    engine.create(spec, tmp_path / "c", photos, workers=1, progress=False)
+    assert asked[1] == total - 5  # the 5 stored photos were not extracted again
+    engine.create(spec, tmp_path / "ref", photos, workers=1, progress=False)
+    query = _groups()[0][1][0]
+    assert [(h.name, h.inliers) for h in _top(tmp_path / "c", query, top=8)] == [
+        (h.name, h.inliers) for h in _top(tmp_path / "ref", query, top=8)
+    ]
