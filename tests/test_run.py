@@ -411,3 +411,23 @@ def test_global_gem_whiten_with_learned_whitening(synth_root, tmp_path, monkeypa
     argv[1] = "global-gem"
     assert cli_main(argv) == 0
     assert json.loads(out.read_text())["protocols"]["medium"]["mAP"] != whitened
+
+
+def test_he_and_asmk_share_one_codebook(synth_root, tmp_path):
+    """``sift-he`` and ``sift-asmk`` of equal codebook settings train k-means once: the second
+    run reuses the first one's codebook, and both indexes hold exactly those centroids."""
+    from delfx.index.storage import load_arrays
+
+    for pipeline in ("sift-he", "sift-asmk"):
+        argv = ["run", pipeline, "--root", str(synth_root), "--dataset", "tiny", "--work"]
+        argv += [str(tmp_path), "--output", str(tmp_path / f"{pipeline}.json")]
+        assert cli_main([*argv, "--codebook-from", "database", *SMALL]) == 0
+    (codebook,) = tmp_path.glob("codebook-*.npz")
+    centroids = load_arrays(codebook)["centroids"]
+    assert centroids.shape == (256, 128)
+    index_dirs = sorted(tmp_path.glob("index-*"))
+    assert {d.name.split("-")[1] for d in index_dirs} == {"he", "asmk"}
+    for d in index_dirs:
+        manifest = json.loads((d / "index.json").read_text())
+        model = load_arrays(d / manifest["model"])
+        np.testing.assert_array_equal(model["centroids"], centroids)

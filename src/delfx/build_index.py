@@ -95,6 +95,7 @@ def build(
     *,
     train_descriptors: np.ndarray,
     train_source: str,
+    centroids: np.ndarray | None = None,
     names: Sequence[str] | None = None,
     batch_images: int = 2000,
     allow_empty: bool = False,
@@ -109,6 +110,7 @@ def build(
         out_dir: the index folder to write.
         train_descriptors: ``N x D`` float32 descriptors to train the codebook on.
         train_source: where they come from (recorded in the manifest).
+        centroids: a flat codebook trained on them already (HE, ASMK*), reused.
         names: store names to index, in id order (default: every ``db/`` entry).
         batch_images: images per segment.
         allow_empty: index images without features (they never match) instead of failing.
@@ -130,7 +132,7 @@ def build(
         if not names:
             raise InputError(f"{reader.path}: no images to index")
         t = time.perf_counter()
-        index = local.train(conf, train_descriptors)
+        index = local.train(conf, train_descriptors, centroids)
         timings["train"] = time.perf_counter() - t
         meta, arrays = local.state_of(index)
         model = store.write_model(arrays)

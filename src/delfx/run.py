@@ -41,6 +41,7 @@ from delfx.errors import InputError
 from delfx.evaluate import score, write_results
 from delfx.features.sift import PRESETS as SIFT_PRESETS
 from delfx.global_options import GlobalOptions
+from delfx.index import local
 from delfx.index.fusion import fuse_rankings
 from delfx.index.storage import IndexDir, load_arrays, save_arrays
 from delfx.io.cache_key import digest
@@ -289,6 +290,7 @@ def _local_stage(
             index_dir,
             train_descriptors=train,
             train_source=source,
+            centroids=_shared_codebook(run, pipe, train, [pipe.features, source, feats.name]),
             names=db_names,
             allow_empty=True,
             overwrite=True,
@@ -325,3 +327,22 @@ def _searcher(
 
     spec = None if pipeline is None else named(pipeline)
     return Searcher.from_index(index_dir, [feats], spec=spec, names=db_names)
+
+
+def _shared_codebook(
+    run: _Run, pipe: PipelineConfig, train: np.ndarray, data_key: list[Any]
+) -> np.ndarray | None:
+    """The flat codebook of an HE or ASMK* index, trained once per training set and settings
+    and reused by every index kind that uses one (cached in the work folder)."""
+    if pipe.index.kind == "voctree":
+        return None
+    key = digest([local.codebook_key(pipe.index), *data_key, int(train.shape[0])])
+    path = run.work / f"codebook-{key}.npz"
+    if path.is_file():
+        centroids = load_arrays(path)["centroids"]
+        if centroids.shape == (pipe.index.n_words, train.shape[1]):
+            logger.info("codebook reused from %s", path)
+            return centroids
+    centroids = local.train_codebook(pipe.index, train)
+    save_arrays(path, {"centroids": centroids})
+    return centroids

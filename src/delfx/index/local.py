@@ -94,25 +94,54 @@ PRESETS: dict[str, IndexConfig] = {
 }
 
 
-def train(conf: IndexConfig, descriptors: np.ndarray) -> LocalIndex:
-    """Train an empty index of ``conf.kind`` on ``N x D`` float32 descriptors."""
+def codebook_key(conf: IndexConfig) -> list[Any]:
+    """The settings a flat codebook depends on (HE and ASMK* share a codebook of equal key)."""
+    return [conf.n_words, conf.kmeans_iters, conf.points_per_word, conf.train_per_image, conf.seed]
+
+
+def train_codebook(conf: IndexConfig, descriptors: np.ndarray) -> np.ndarray:
+    """The flat codebook of an HE or ASMK* index: ``n_words x D`` float32 k-means centroids.
+
+    Raises:
+        InputError: fewer training descriptors than words.
+    """
     x = np.ascontiguousarray(descriptors, dtype=np.float32)
-    if conf.kind == "voctree":
-        tree = train_tree(x, conf.branch, conf.height, seed=conf.seed, niter=conf.kmeans_iters)
-        return TreeIndex(tree)
     n_words = conf.n_words
     if x.shape[0] < n_words:
         raise InputError(
             f"codebook: {x.shape[0]} training descriptors for {n_words} words; "
             "use more training images or fewer words"
         )
-    centroids = train_flat(
+    return train_flat(
         x,
         n_words,
         niter=conf.kmeans_iters,
         seed=conf.seed,
         max_points_per_centroid=conf.points_per_word,
     )
+
+
+def train(
+    conf: IndexConfig, descriptors: np.ndarray, centroids: np.ndarray | None = None
+) -> LocalIndex:
+    """Train an empty index of ``conf.kind`` on ``N x D`` float32 descriptors.
+
+    Args:
+        conf: the index settings.
+        descriptors: the training descriptors.
+        centroids: a flat codebook already trained with :func:`train_codebook` on the same
+            descriptors and settings (HE and ASMK* only), reused instead of retrained.
+    """
+    x = np.ascontiguousarray(descriptors, dtype=np.float32)
+    if conf.kind == "voctree":
+        tree = train_tree(x, conf.branch, conf.height, seed=conf.seed, niter=conf.kmeans_iters)
+        return TreeIndex(tree)
+    if centroids is None:
+        centroids = train_codebook(conf, x)
+    elif centroids.shape != (conf.n_words, x.shape[1]):
+        raise InputError(
+            f"codebook: {centroids.shape} centroids for {conf.n_words} words of {x.shape[1]}-d"
+        )
     if conf.kind == "he":
         return HEIndex.from_codebook(centroids, x, seed=conf.seed, ma=conf.ma)
     return ASMKIndex.from_codebook(centroids, seed=conf.seed, ma=conf.ma)
