@@ -316,3 +316,20 @@ def test_killed_create_resumes(tmp_path, monkeypatch):
     assert [(h.name, h.inliers) for h in _top(tmp_path / "c", query, top=8)] == [
         (h.name, h.inliers) for h in _top(tmp_path / "ref", query, top=8)
     ]
+
+
+def test_changed_global_checkpoint_is_refused(tmp_path):
+    """The manifest records a checkpoint by its content hash; a checkpoint retrained in place
+    is refused when the collection is opened (its descriptors would not compare)."""
+    from delfx.engine.searcher import _check_model
+    from delfx.global_options import GlobalOptions
+    from delfx.io.cache_key import model_id
+
+    ckpt = tmp_path / "model_best.pth"
+    ckpt.write_bytes(b"first weights")
+    spec = engine.named("global+sift-asmk", global_opts=GlobalOptions(model=str(ckpt)))
+    recorded = model_id(str(ckpt))
+    _check_model(tmp_path, spec, recorded)  # unchanged: fine
+    ckpt.write_bytes(b"retrained weights")
+    with pytest.raises(InputError, match="changed since the collection was built"):
+        _check_model(tmp_path, spec, recorded)

@@ -27,6 +27,7 @@ from delfx.errors import InputError
 from delfx.extract import Job, _results, write_store
 from delfx.index import local
 from delfx.index.storage import IndexDir
+from delfx.io.cache_key import model_id
 from delfx.io.descriptor_sample import load_descriptors
 from delfx.io.featureset import FeatureSet
 from delfx.io.featurestore import FeatureReader, FeatureWriter
@@ -202,6 +203,7 @@ def create(
         meta, _ = local.state_of(index)
         manifest = {
             "spec": replace_index(spec, conf).to_dict(),
+            "global_model": None if spec.global_opts is None else model_id(spec.global_opts.model),
             "photos": str(photos.resolve()),
             "created": mf.now(),
             "shards": [shard],

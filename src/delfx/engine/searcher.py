@@ -113,6 +113,7 @@ class Searcher:
         matrix = None
         if spec.uses_global:
             matrix = read_matrix(folder, manifest["shards"], len(names))
+            _check_model(folder, spec, manifest.get("global_model"))
         features = FeatureSet([folder / s["features"] for s in manifest["shards"]])
         info = {**manifest, "folder": str(folder), "open_s": time.perf_counter() - t0}
         return cls(spec, index, names, features, matrix, manifest["removed"], device, info)
@@ -325,3 +326,17 @@ class Searcher:
         result.timings = {"extract_ms": extract_ms, **result.timings}
         result.timings["total_ms"] = sum(result.timings.values())
         return result
+
+
+def _check_model(folder: Path, spec: EngineSpec, recorded: Any) -> None:
+    """Refuse a global checkpoint whose content changed since the collection was built: its
+    descriptors would not be comparable with the stored ones."""
+    from delfx.io.cache_key import model_id
+
+    assert spec.global_opts is not None
+    model = spec.global_opts.model
+    if recorded is not None and Path(model).is_file() and model_id(model) != recorded:
+        raise InputError(
+            f"{folder / mf.MANIFEST}: the global model {model} changed since the collection "
+            f"was built (recorded {recorded}); rebuild it with 'delfx index create --overwrite'"
+        )
