@@ -21,7 +21,18 @@ from delfx.errors import DelfxError
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
-    from delfx.cli import collection, data, demo, evaluate, extract, index, pipeline, run, train
+    from delfx.cli import (
+        collection,
+        data,
+        demo,
+        evaluate,
+        extract,
+        index,
+        pipeline,
+        run,
+        serve,
+        train,
+    )
 
     parser = argparse.ArgumentParser(
         prog="delfx",
@@ -37,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.register(sub)
     pipeline.register(sub)
     collection.register_query(sub)
+    serve.register(sub)
     run.register(sub)
     train.register(sub)
     return parser
