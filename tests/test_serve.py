@@ -278,3 +278,21 @@ def _quiet(fn) -> None:
         fn()
     except httpx.HTTPError:
         pass  # the server was killed under the request
+
+
+def test_page_and_upload_matches(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    # works offline: no script, style or image from another host
+    assert "<script" in page.text and 'src="http' not in page.text and 'href="http' not in page.text
+    views = _group("berlin_cathedral")
+    m = client.post(
+        "/api/matches", files={"image": _jpeg(views[0])}, data={"name": "berlin_cathedral/02.jpg"}
+    ).json()
+    by_name = client.get(
+        "/api/matches",
+        params={"query": "berlin_cathedral/01.jpg", "name": "berlin_cathedral/02.jpg"},
+    ).json()
+    assert m["inliers"] == by_name["inliers"] >= 12  # the upload is described as it was indexed
+    r = client.post("/api/matches", files={"image": _jpeg(views[0])}, data={"name": "nope.jpg"})
+    assert r.status_code == 404

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from delfx.engine.extractor import Described
 from delfx.errors import InputError
@@ -241,16 +241,40 @@ def create_app(
         media = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
         return Response(path.read_bytes(), media_type=media)
 
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((Path(__file__).parent / "page.html").read_text(encoding="utf-8"))
+
     @app.get("/api/matches")
     def matches(query: Annotated[str, Query()], name: Annotated[str, Query()]) -> dict[str, Any]:
-        from delfx.verify.ransac import verify_pair
-
         s = lib.searcher()
         try:
             s.ids_of([query, name])
         except InputError as exc:
             raise HTTPException(404, str(exc)) from None
-        q, d = s.features.get(query), s.features.get(name)
+        return match_payload(s, s.features.get(query), query, name)
+
+    @app.post("/api/matches")
+    async def matches_upload(
+        image: Annotated[UploadFile, File()],
+        name: Annotated[str, Form()],
+        box: Annotated[str | None, Form()] = None,
+    ) -> dict[str, Any]:
+        s = lib.searcher()
+        try:
+            s.ids_of([name])
+        except InputError as exc:
+            raise HTTPException(404, str(exc)) from None
+        array = _decode(image.filename or "upload", await _read(image, max_upload))
+        if s.extractor is None:
+            raise HTTPException(400, f"pipeline '{s.spec.name}' cannot describe photos")
+        q = s.extractor.local(array, _box(box))
+        return match_payload(s, q, image.filename or "upload", name)
+
+    def match_payload(s: Any, q: Any, query: str, name: str) -> dict[str, Any]:
+        from delfx.verify.ransac import verify_pair
+
+        d = s.features.get(name)
         conf = s.spec.pipeline.rerank
         res = verify_pair(q, d, conf.ransac, ratio=conf.ratio)
         pairs = [] if res.inlier_matches is None else res.inlier_matches
