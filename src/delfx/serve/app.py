@@ -17,6 +17,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from delfx.engine.extractor import Described
 from delfx.errors import InputError
@@ -155,9 +156,11 @@ def create_app(
     ) -> dict[str, Any]:
         check_k(k, offset, verify)
         data = await _read(image, max_upload)
-        array = _decode(image.filename or "upload", data)
+        array = await run_in_threadpool(_decode, image.filename or "upload", data)
         s = lib.searcher()
-        result = s.query(array, top=offset + k, verify=verify, box=_box(box), label="upload")
+        result = await run_in_threadpool(  # heavy: off the event loop
+            s.query, array, top=offset + k, verify=verify, box=_box(box), label="upload"
+        )
         return {"query": image.filename, **results(result, offset, k)}
 
     @app.get("/api/search")
@@ -194,7 +197,7 @@ def create_app(
             _decode(name, data)  # sniffed: refused before anything is written
             files.append((name, data))
         try:
-            added = lib.add(files, replace=replace)
+            added = await run_in_threadpool(lib.add, files, replace=replace)
         except InputError as exc:
             status = 409 if "already in" in str(exc) else 400
             raise HTTPException(status, str(exc).splitlines()[0]) from None
@@ -268,8 +271,8 @@ def create_app(
         array = _decode(image.filename or "upload", await _read(image, max_upload))
         if s.extractor is None:
             raise HTTPException(400, f"pipeline '{s.spec.name}' cannot describe photos")
-        q = s.extractor.local(array, _box(box))
-        return match_payload(s, q, image.filename or "upload", name)
+        q = await run_in_threadpool(s.extractor.local, array, _box(box))
+        return await run_in_threadpool(match_payload, s, q, image.filename or "upload", name)
 
     def match_payload(s: Any, q: Any, query: str, name: str) -> dict[str, Any]:
         from delfx.verify.ransac import verify_pair
