@@ -81,6 +81,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "delfx", "serve", str(folder), "--port", str(port)],
+        stdout=subprocess.DEVNULL,  # uvicorn's access log
         stderr=subprocess.DEVNULL,
     )
     try:

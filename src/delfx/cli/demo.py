@@ -72,3 +72,9 @@ def _print(summary: dict, work: Path | None) -> None:
     print("trained on the test database as the seed did.")
     if work is not None:
         print(f"Datasets and results JSON kept in {work}")
+    from delfx.demo import samples_dir
+
+    print("\nSearch these photos yourself, and browse them in a web page:")
+    print(f"  delfx index create demo-index --images {samples_dir()} --pipeline sift-asmk")
+    print("  delfx query demo-index PHOTO.jpg")
+    print("  delfx serve demo-index      # then open http://127.0.0.1:8000/")
