@@ -186,7 +186,7 @@ def rerank_one(
     inl = verify_candidates(
         q, feats, conf.ransac, matches_fn=fn, workers=conf.workers, ratio=conf.ratio
     )
-    first = _scores_of(ranked, scores, cand)
+    first = scores_of(ranked, scores, cand)
     order = rerank(first, inl, conf.ransac.min_inliers)
     return merge(ranked, cand[order]), inl[order]
 
@@ -198,8 +198,12 @@ def _strongest(feats: LocalFeatures, n: int | None) -> LocalFeatures:
     return feats.subset(np.sort(np.argsort(-feats.scores, kind="stable")[:n]))
 
 
-def _scores_of(ranked: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """First-stage scores of ``ids``, each of which appears once in ``ranked``."""
+def scores_of(ranked: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """First-stage scores of ``ids``, each of which appears once in ``ranked``.
+
+    Shape:
+        ``ranked`` and ``scores`` ``(K,)``, ``ids`` ``(k,)`` -> ``(k,)`` float64.
+    """
     order = np.argsort(ranked, kind="stable")
     return scores[order[np.searchsorted(ranked[order], ids)]].astype(np.float64)
 

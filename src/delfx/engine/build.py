@@ -249,12 +249,6 @@ def _load_index(folder: Path, manifest: dict[str, Any], meta_key: str = "meta") 
     return local.restore(idx["meta"], arrays, segments, idx["n_images"]), names
 
 
-def live_ids(names: Sequence[str], removed: Sequence[int]) -> dict[str, int]:
-    """Name -> image id of every image not removed (a replaced name maps to its newest id)."""
-    gone = set(removed)
-    return {n: i for i, n in enumerate(names) if i not in gone}
-
-
 def add(
     folder: str | os.PathLike[str],
     paths: Sequence[str | os.PathLike[str]],
@@ -281,7 +275,7 @@ def add(
         spec = from_dict(manifest["spec"], str(folder / mf.MANIFEST))
         jobs = photo_jobs([Path(p) for p in paths], root=Path(manifest["photos"]))
         index, names = _load_index(folder, manifest)
-        live = live_ids(names, manifest["removed"])
+        live = mf.live_ids(names, manifest["removed"])
         removed = list(manifest["removed"])
         for job in jobs:
             if job.name in live:
@@ -338,7 +332,7 @@ def remove(folder: str | os.PathLike[str], names: Sequence[str]) -> int:
     with locked(folder):
         manifest = mf.read(folder)
         _, all_names = _load_index(folder, manifest)
-        live = live_ids(all_names, manifest["removed"])
+        live = mf.live_ids(all_names, manifest["removed"])
         missing = [n for n in names if n not in live]
         if missing:
             raise InputError(f"{folder}: no image named '{missing[0]}' in the collection")
@@ -356,7 +350,7 @@ def compact(folder: str | os.PathLike[str], *, progress: bool = True) -> int:
     with locked(folder):
         manifest = mf.read(folder)
         _, names = _load_index(folder, manifest)
-        live = live_ids(names, manifest["removed"])
+        live = mf.live_ids(names, manifest["removed"])
         keep = sorted(live.values())
         keep_names = [names[i] for i in keep]
         number = manifest["next_shard"]
@@ -394,4 +388,4 @@ def compact(folder: str | os.PathLike[str], *, progress: bool = True) -> int:
     return len(names) - len(keep)
 
 
-__all__ = ["add", "compact", "create", "live_ids", "remove"]
+__all__ = ["add", "compact", "create", "remove"]

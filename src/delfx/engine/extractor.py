@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -95,8 +95,6 @@ class Extractor:
     @property
     def store_config(self) -> dict[str, Any]:
         """The feature-store config of the local features (as ``delfx extract sift`` writes)."""
-        from dataclasses import asdict
-
         return {"extractor": "sift", **asdict(self.sift)}
 
     def local(self, image: np.ndarray, box: Sequence[float] | None = None) -> LocalFeatures:

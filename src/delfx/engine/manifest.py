@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,12 @@ def read(folder: str | os.PathLike[str]) -> dict[str, Any]:
     for i, s in enumerate(segs):
         store.file(f"index.segments[{i}]", s)
     return meta
+
+
+def live_ids(names: Sequence[str], removed: Iterable[int]) -> dict[str, int]:
+    """Name -> image id of every image not removed (a replaced name maps to its newest id)."""
+    gone = set(removed)
+    return {n: i for i, n in enumerate(names) if i not in gone}
 
 
 def write(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:

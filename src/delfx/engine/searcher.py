@@ -29,7 +29,7 @@ from delfx.index import local
 from delfx.index.fusion import fuse_rankings
 from delfx.index.storage import IndexDir
 from delfx.io.featureset import FeatureSet
-from delfx.rerank import RerankConfig, rerank_all, rerank_one
+from delfx.rerank import RerankConfig, rerank_all, rerank_one, scores_of
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class Searcher:
         self.global_matrix = global_matrix
         self.live = np.ones(len(self.names), dtype=bool)
         self.live[np.asarray(list(removed), dtype=np.int64)] = False
+        self._live_ids = mf.live_ids(self.names, removed)
         self.extractor = Extractor(spec, device) if spec.sift_preset is not None else None
         self.info = info or {}
 
@@ -144,8 +145,7 @@ class Searcher:
         if index_dir is not None:
             index, names, manifest = load(index_dir)
             if spec is None:
-                kind = manifest.get("kind", "asmk")
-                spec = named(f"sift-{kind}" if kind != "voctree" else "sift-voctree")
+                spec = named(f"sift-{manifest.get('kind', 'asmk')}")
         if spec is None or names is None:
             raise InputError("searcher: an index folder, or a spec and image names, is needed")
         return cls(spec, index, names, FeatureSet([Path(f) for f in features]))
@@ -206,11 +206,10 @@ class Searcher:
 
     def ids_of(self, names: Sequence[str]) -> list[int]:
         """The live id of each name (the newest image of a replaced name)."""
-        where = {n: i for i, n in enumerate(self.names) if self.live[i]}
-        missing = [n for n in names if n not in where]
+        missing = [n for n in names if n not in self._live_ids]
         if missing:
             raise InputError(f"no image named '{missing[0]}' in the collection")
-        return [where[n] for n in names]
+        return [self._live_ids[n] for n in names]
 
     # -- ranking ------------------------------------------------------------------------------
 
@@ -285,8 +284,7 @@ class Searcher:
             )
             head = new_ids[: inl.size]
             inliers = {int(i): int(c) for i, c in zip(head, inl, strict=True)}
-            by_id = dict(zip(ids.tolist(), scores.tolist(), strict=True))
-            ids, scores = new_ids, np.array([by_id[int(i)] for i in new_ids])
+            ids, scores = new_ids, scores_of(ids, scores, new_ids)
             timings["verify_ms"] = 1000 * (time.perf_counter() - t)
         k = len(ids) if top is None else min(int(top), len(ids))
         hits = [
