@@ -196,45 +196,49 @@ def main(
     feats = run.features(pipe.features)
     db_names = [f"db/{n}" for n in run.dataset.images]
     q_names = [f"query/{n}" for n in run.dataset.queries]
-    index_dir, extra = None, {}
-    if not pipe.global_first:
-        index_dir, ranks, scores, extra = _local_stage(run, pipe, feats, codebook_from, q_names)
-    if pipe.global_first or pipe.fuse_global:
-        from delfx import run_global  # needs torch
+    index_dir = None if pipe.global_first else _local_index(run, pipe, feats, codebook_from)
+    # one engine for the run: its index ranks, its feature file verifies
+    with _searcher(pipeline, index_dir, feats, db_names) as searcher:
+        extra: dict[str, Any] = {}
+        if index_dir is not None:
+            ranks, scores, extra = _local_ranking(run, searcher, index_dir, q_names)
+        if pipe.global_first or pipe.fuse_global:
+            from delfx import run_global  # needs torch
 
-        gopts = global_opts if global_opts is not None else GlobalOptions(model=delf.model)
-        g_ranks, g_scores, g_method, g_extra = run_global.global_ranking(
-            "global-gem-whiten" if whiten_pairs is not None else "global-gem",
-            run.dataset,
-            work,
-            gopts,
-            whiten_pairs=whiten_pairs,
-            progress=progress,
-            timings=run.timings,
-        )
-        if pipe.fuse_global:
+            gopts = global_opts if global_opts is not None else GlobalOptions(model=delf.model)
+            g_ranks, g_scores, g_method, g_extra = run_global.global_ranking(
+                "global-gem-whiten" if whiten_pairs is not None else "global-gem",
+                run.dataset,
+                work,
+                gopts,
+                whiten_pairs=whiten_pairs,
+                progress=progress,
+                timings=run.timings,
+            )
+            if pipe.fuse_global:
+                t0 = time.perf_counter()
+                weight = pipe.fusion_weight if fusion_weight is None else fusion_weight
+                ranks, scores = fuse_rankings(
+                    ranks, scores, g_ranks, g_scores, len(db_names), weight
+                )
+                run.timed("search", t0)
+                extra["fusion_weight"] = weight
+            else:
+                ranks, scores = g_ranks, g_scores
+            extra["global_model"] = g_extra.pop("model_meta")
+            extra.update(global_method=g_method, global_options=asdict(gopts), **g_extra)
+        run.timings["search_per_query_ms"] = 1000 * run.timings.get("search", 0.0) / len(q_names)
+
+        method = pipeline
+        if rconf.rerank_num > 0:
             t0 = time.perf_counter()
-            weight = pipe.fusion_weight if fusion_weight is None else fusion_weight
-            ranks, scores = fuse_rankings(ranks, scores, g_ranks, g_scores, len(db_names), weight)
-            run.timed("search", t0)
-            extra["fusion_weight"] = weight
-        else:
-            ranks, scores = g_ranks, g_scores
-        extra["global_model"] = g_extra.pop("model_meta")
-        extra.update(global_method=g_method, global_options=asdict(gopts), **g_extra)
-    run.timings["search_per_query_ms"] = 1000 * run.timings.get("search", 0.0) / len(q_names)
-
-    method = pipeline
-    if rconf.rerank_num > 0:
-        t0 = time.perf_counter()
-        junk = [t.junk for t in run.dataset.truth]
-        with _searcher(pipeline, index_dir, feats, db_names) as searcher:
+            junk = [t.junk for t in run.dataset.truth]
             ranks, _ = searcher.verify_stored(
                 rconf, ranks, scores, q_names, junk=junk, progress=progress
             )
-        run.timed("verify", t0)
-        run.timings["verify_per_query_ms"] = 1000 * run.timings["verify"] / len(q_names)
-        method = f"{pipeline}+sv{rconf.rerank_num}"
+            run.timed("verify", t0)
+            run.timings["verify_per_query_ms"] = 1000 * run.timings["verify"] / len(q_names)
+            method = f"{pipeline}+sv{rconf.rerank_num}"
 
     t0 = time.perf_counter()
     scores_by_protocol = score(run.dataset, list(ranks))
@@ -266,20 +270,16 @@ def _independent(root: Path, name: str, codebook_from: str | None) -> str | None
     return None
 
 
-def _local_stage(
-    run: _Run, pipe: PipelineConfig, feats: Path, codebook_from: str | None, q_names: list[str]
-) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Build (or reuse) the local index and rank every query: ``(index, ranks, scores, info)``."""
+def _local_index(run: _Run, pipe: PipelineConfig, feats: Path, codebook_from: str | None) -> Path:
+    """Build the local index of a run, unless the work folder has it; returns its folder."""
     dataset = run.dataset.name
     db_names = [f"db/{n}" for n in run.dataset.images]
     key = digest(
         [asdict(pipe.index), pipe.features, pipe.codebook_on_database, codebook_from, feats.name]
     )
     index_dir = run.work / f"index-{pipe.index.kind}-{dataset}-{key}"
-    # beside the index, not in it: an index folder holds only the index's own files
-    ranks_path = run.work / f"ranks-{index_dir.name}.npz"
     if not IndexDir(index_dir).exists():
-        ranks_path.unlink(missing_ok=True)  # ranks of an earlier build of this index
+        _ranks_file(index_dir).unlink(missing_ok=True)  # ranks of an earlier build of this index
         t0 = time.perf_counter()
         train, source = _training_set(run, pipe, feats, codebook_from)
         run.timed("codebook_data", t0)
@@ -297,36 +297,44 @@ def _local_stage(
             progress=run.progress,
         )
         run.timed("index", t0)
-    with _searcher(None, index_dir, feats, db_names) as searcher:
-        index = searcher.index
-        assert index is not None
-        if searcher.names != db_names:
-            raise InputError(f"{index_dir}: indexed images differ from {dataset}'s database")
-        if ranks_path.is_file():
-            arrays = load_arrays(ranks_path)
-            ranks, scores = arrays["ranks"], arrays["scores"]
-        else:
-            t0 = time.perf_counter()
-            ranks, scores = searcher.rank_stored(q_names, progress=run.progress)
-            run.timed("search", t0)
-            save_arrays(ranks_path, {"ranks": ranks, "scores": scores})
-        info = {
-            "codebook": IndexDir(index_dir).manifest().get("train_source"),
-            "index_bytes_per_image": index.nbytes() / max(index.n_images, 1),
-        }
-    return index_dir, ranks, scores, info
+    return index_dir
 
 
-def _searcher(
-    pipeline: str | None, index_dir: Path | None, feats: Path, db_names: list[str]
-) -> Any:
-    """The engine of one run: its index (None for a global shortlist) over the run's features;
-    ``pipeline`` names its spec (None: the spec of the index's kind)."""
+def _ranks_file(index_dir: Path) -> Path:
+    # beside the index, not in it: an index folder holds only the index's own files
+    return index_dir.parent / f"ranks-{index_dir.name}.npz"
+
+
+def _local_ranking(
+    run: _Run, searcher: Any, index_dir: Path, q_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Rank every query with the run's index (cached beside it): ``(ranks, scores, info)``."""
+    index = searcher.index
+    db_names = [f"db/{n}" for n in run.dataset.images]
+    if searcher.names != db_names:
+        raise InputError(f"{index_dir}: indexed images differ from {run.dataset.name}'s database")
+    ranks_path = _ranks_file(index_dir)
+    if ranks_path.is_file():
+        arrays = load_arrays(ranks_path)
+        ranks, scores = arrays["ranks"], arrays["scores"]
+    else:
+        t0 = time.perf_counter()
+        ranks, scores = searcher.rank_stored(q_names, progress=run.progress)
+        run.timed("search", t0)
+        save_arrays(ranks_path, {"ranks": ranks, "scores": scores})
+    info = {
+        "codebook": IndexDir(index_dir).manifest().get("train_source"),
+        "index_bytes_per_image": index.nbytes() / max(index.n_images, 1),
+    }
+    return ranks, scores, info
+
+
+def _searcher(pipeline: str, index_dir: Path | None, feats: Path, db_names: list[str]) -> Any:
+    """The engine of one run: its index (None for a global shortlist) over the run's features."""
     from delfx.engine.searcher import Searcher
     from delfx.engine.spec import named
 
-    spec = None if pipeline is None else named(pipeline)
-    return Searcher.from_index(index_dir, [feats], spec=spec, names=db_names)
+    return Searcher.from_index(index_dir, [feats], spec=named(pipeline), names=db_names)
 
 
 def _shared_codebook(
