@@ -32,16 +32,15 @@ from typing import Any
 import numpy as np
 
 from delfx.errors import InputError
+from delfx.index import kernels
 from delfx.index.flat import FlatCodebookIndex, stack_lists
 from delfx.index.hamming import pack_bits, random_projection
-from delfx.index.he import check_new_ids, check_query, multi_assign
+from delfx.index.he import check_new_ids, check_query, check_scan, multi_assign
 from delfx.index.invfile import (
     InvertedFile,
     Segment,
-    accumulate,
     build_segment,
     segment_ids_bound,
-    word_chunks,
 )
 from delfx.index.kmeans import Quantizer, train_flat
 
@@ -264,22 +263,23 @@ class ASMKIndex(FlatCodebookIndex):
         return words, bits
 
     def score_encoded(self, words: np.ndarray, bits: np.ndarray) -> np.ndarray:
-        """``(n_images,)`` float64 scores of an aggregated query (distinct ``words``)."""
+        """``(n_images,)`` float64 scores of an aggregated query (distinct ``words``).
+
+        One pass of :func:`delfx.index.kernels.asmk_scan` per segment, in ascending word order.
+        """
         words = np.asarray(words, dtype=np.int64).reshape(-1)
         bits = np.asarray(bits, dtype=np.uint64).reshape(words.size, self.n64)
         if not self.ivf.segments or words.size == 0:
             return np.zeros(self.n_images)
-        cols = [np.ascontiguousarray(bits[:, k]) for k in range(self.n64)]
+        if words.min() < 0 or words.max() >= self.n_words:
+            raise InputError(f"query: word ids outside [0, {self.n_words})")
+        order = np.argsort(words, kind="stable")
+        w, b = words[order], bits[order]
         raw = np.zeros(self.n_images)
-        for part in word_chunks(self.ivf, words, max(1 << 20, 4 * self.n_images)):
-            hits = self.ivf.lookup(words[part], fields=("bits",))
-            hb, pos = hits.payload["bits"], hits.query_pos
-            h = np.bitwise_count(hb[:, 0] ^ cols[0][part][pos])
-            if self.n_bits > 255:  # uint8 counts would overflow
-                h = h.astype(np.uint16)
-            for k in range(1, self.n64):  # column by column: 1-D gathers, small integer sums
-                h += np.bitwise_count(hb[:, k] ^ cols[k][part][pos])
-            raw += accumulate(hits.image_ids, self._lut[h], self.n_images)
+        for seg in self.ivf.segments:
+            bad = kernels.asmk_scan(seg.offsets, seg.image_ids, seg.payload["bits"], w, b,
+                                    self._lut, raw)  # fmt: skip
+            check_scan(bad, self.n_images)
         return raw * self.gamma / np.sqrt(words.size)
 
     # -- state --------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from delfx.errors import InputError
-from delfx.index.invfile import InvertedFile, Segment, accumulate, build_segment
+from delfx.index import kernels
+from delfx.index.invfile import InvertedFile, Segment, build_segment
 from delfx.index.voctree import VocabTree, as_descriptors, quantize
 from delfx.index.voctree_kernels import stable_argsort
 
@@ -327,13 +328,14 @@ class TreeIndex:
         if self.n_images == 0 or total <= 0:
             return np.zeros(self.n_images, dtype=np.float64)
         q /= total
-        hits = self.inverted.lookup(words, fields=["tf"])
-        pos = hits.query_pos
-        d = idf[words].take(pos)  # d_i = tf * idf_i / norm_d, then min(q_i, d_i)
-        d *= hits.payload["tf"]
-        d *= inv_norm.take(hits.image_ids)
-        np.minimum(d, q.take(pos), out=d)
-        return accumulate(hits.image_ids, d, self.n_images)
+        out = np.zeros(self.n_images, dtype=np.float64)
+        idf_q = idf[words]
+        for seg in self.inverted.segments:  # words ascend: one pass per segment
+            bad = kernels.tree_scan(seg.offsets, seg.image_ids, seg.payload["tf"], words, idf_q,
+                                    q, inv_norm, out)  # fmt: skip
+            if bad:
+                raise InputError(f"tree index: {bad} postings name images beyond n_images")
+        return out
 
     def scores(self, descriptors: np.ndarray) -> np.ndarray:
         """``(N,)`` float64 similarity ``s(q, d)`` of every image (``||q - d||_1 = 2 - 2 s``)."""

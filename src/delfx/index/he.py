@@ -32,15 +32,14 @@ from typing import Any
 import numpy as np
 
 from delfx.errors import InputError
+from delfx.index import kernels
 from delfx.index.flat import FlatCodebookIndex, stack_lists
 from delfx.index.hamming import MAX_H, SIGMA, HEParams, he_weight, signatures, train_he
 from delfx.index.invfile import (
     InvertedFile,
     Segment,
-    accumulate,
     build_segment,
     segment_ids_bound,
-    word_chunks,
     word_image_runs,
 )
 from delfx.index.kmeans import Quantizer, assign, train_flat
@@ -61,6 +60,14 @@ def check_query(descriptors: np.ndarray, dim: int) -> np.ndarray:
     if not np.isfinite(x).all():
         raise InputError("query descriptors contain NaN or infinity")
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def check_scan(bad: int, n_images: int) -> None:
+    """Raise when a scan met postings of images outside ``0 .. n_images - 1`` (a damaged index)."""
+    if bad:
+        raise InputError(
+            f"index: {bad} postings name images outside 0..{n_images - 1}; the index is damaged"
+        )
 
 
 def check_new_ids(image_ids: Sequence[int] | np.ndarray | None, first: int, count: int) -> None:
@@ -291,18 +298,26 @@ class HEIndex(FlatCodebookIndex):
         return words, signatures(x[rows], words, self.params)
 
     def score_encoded(self, words: np.ndarray, sigs: np.ndarray) -> np.ndarray:
-        """``(n_images,)`` float64 scores of an encoded query (see the module docstring)."""
+        """``(n_images,)`` float64 scores of an encoded query (see the module docstring).
+
+        One pass of :func:`delfx.index.kernels.he_scan` per segment over the query's lists, in
+        ascending word order.
+        """
         words = np.asarray(words, dtype=np.int64).reshape(-1)
         sigs = np.asarray(sigs, dtype=np.uint64).reshape(-1)
         if not self.ivf.segments or words.size == 0:
             return np.zeros(self.n_images)
+        if words.min() < 0 or words.max() >= self.n_words or sigs.shape != words.shape:
+            raise InputError(f"query: word ids outside [0, {self.n_words}) or signatures missing")
+        order = np.argsort(words, kind="stable")
+        w, s = words[order], sigs[order]
+        weights = self._idf2[w]
         raw = np.zeros(self.n_images)
-        for part in word_chunks(self.ivf, words, max(1 << 20, 4 * self.n_images)):
-            hits = self.ivf.lookup(words[part], fields=("sig",))
-            h = np.bitwise_count(hits.payload["sig"] ^ sigs[part][hits.query_pos])
-            near = np.flatnonzero(h <= self.max_h)
-            w = self._lut[h[near]] * self._idf2[words[part][hits.query_pos[near]]]
-            raw += accumulate(hits.image_ids[near], w, self.n_images)
+        for seg in self.ivf.segments:
+            sig = seg.payload["sig"]
+            bad = kernels.he_scan(seg.offsets, seg.image_ids, sig, w, s, weights, self._lut,
+                                  self.max_h, raw)  # fmt: skip
+            check_scan(bad, self.n_images)
         qnorm = np.sqrt(np.dot(self._idf2, np.bincount(words, minlength=self.n_words) ** 2.0))
         denom = qnorm * self.norms
         return np.divide(raw, denom, out=np.zeros_like(raw), where=denom > 0)
