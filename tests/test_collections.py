@@ -146,7 +146,7 @@ def test_add_query_remove_compact(tmp_path):
     (shard,) = m["shards"]
     assert target not in FeatureReader(folder / shard["features"]).names()
     assert sorted(p.name for p in (folder / mf.INDEX).iterdir()) == sorted(
-        [m["index"]["model"], *m["index"]["segments"]]
+        [m["index"]["model"], *m["index"]["segments"], m["index"]["stats"]]
     )
     after = _top(folder, views[0], top=None, verify=10)
     assert [h.name for h in after] == [h.name for h in hits]  # the same ranking, by name
@@ -184,9 +184,10 @@ def test_failed_add_leaves_collection(tmp_path, monkeypatch):
     engine.add(folder, [views[1]], progress=False)
     m = mf.read(folder)
     now = sorted(p.relative_to(folder) for p in folder.rglob("*"))
-    expected = set(files) | {Path(m["shards"][-1]["features"])}
-    expected |= {Path(mf.INDEX) / s for s in m["index"]["segments"]}
-    assert set(now) == expected
+    old_stats = {p for p in files if p.name.startswith("stats-")}
+    expected = (set(files) - old_stats) | {Path(m["shards"][-1]["features"])}
+    expected |= {Path(mf.INDEX) / s for s in [*m["index"]["segments"], m["index"]["stats"]]}
+    assert len(old_stats) == 1 and set(now) == expected
 
 
 def test_sigkill_during_add(tmp_path):

@@ -125,7 +125,7 @@ def test_non_index_folder_refused_without_overwrite(tmp_path, feats, capsys):
 
 def test_rebuild_over_an_index_keeps_unrelated_files(tmp_path, feats, index, capsys):
     old = _manifest(index)
-    old_files = [old["model"], *old["segments"]]
+    old_files = [old["model"], *old["segments"], old["stats"]]
     (index / "f.h5").write_bytes(feats.read_bytes())
     (index / "notes.txt").write_text("my notes\n")
     (index / "sub").mkdir()
@@ -145,7 +145,8 @@ def test_rebuild_over_an_index_keeps_unrelated_files(tmp_path, feats, index, cap
     for name in old_files + stale:
         assert not (index / name).exists(), name
     new = _manifest(index)
-    assert set(after) == set(mine) | {"index.json", ".lock", new["model"], *new["segments"]}
+    own = {"index.json", ".lock", new["model"], *new["segments"], new["stats"]}
+    assert set(after) == set(mine) | own
     assert _search(index, feats, tmp_path / "r.npz") == 0
     loaded, names, _ = build_index.load(index)
     assert loaded.n_images == 6 and names == [f"db/im{i}" for i in range(6)]
@@ -169,7 +170,7 @@ def test_leftovers_of_a_killed_build_are_replaced_with_overwrite(tmp_path, feats
     assert cli_main(_build_argv(feats, folder, "--overwrite")) == 0
     meta = _manifest(folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [".lock", "index.json", meta["model"], *meta["segments"]]
+        [".lock", "index.json", meta["model"], *meta["segments"], meta["stats"]]
     )
 
 

@@ -88,6 +88,11 @@ def add_batches(
     return index, files
 
 
+def save_stats(store: IndexDir, index: LocalIndex, segments: Sequence[str]) -> str:
+    """Write the index's derived statistics (idf, norms, γ) for ``segments``; the file name."""
+    return store.write_stats(local.stats_of(index), segments, index.n_images)
+
+
 def build(
     conf: IndexConfig,
     features: str | os.PathLike[str],
@@ -154,6 +159,7 @@ def build(
             "model": model,
             "segments": files,
             "n_images": index.n_images,
+            "stats": save_stats(store, index, files),
             "train_source": train_source,
             "n_train_descriptors": int(train_descriptors.shape[0]),
             "features": str(features),
@@ -202,13 +208,21 @@ def append(
                 "meta": meta,
                 "segments": manifest["segments"] + files,
                 "n_images": index.n_images,
+                "stats": save_stats(store, index, manifest["segments"] + files),
             }
         )
+        store.remove_unused([manifest["stats"]] if manifest.get("stats") else [])
     return store.path
 
 
-def load(index_dir: str | os.PathLike[str]) -> tuple[LocalIndex, list[str], dict[str, Any]]:
+def load(
+    index_dir: str | os.PathLike[str], *, mmap: bool = True
+) -> tuple[LocalIndex, list[str], dict[str, Any]]:
     """Open a saved index.
+
+    Args:
+        index_dir: the index folder.
+        mmap: memory-map the segments (default) instead of reading them.
 
     Returns:
         ``(index, image names in id order, manifest)``.
@@ -216,6 +230,8 @@ def load(index_dir: str | os.PathLike[str]) -> tuple[LocalIndex, list[str], dict
     store = IndexDir(index_dir)
     manifest = store.manifest()  # checks the fields and that every file lies inside the folder
     arrays = store.read_model(manifest["model"])
-    segments, names = store.read_segments(manifest)  # checks the ids cover 0..n_images-1 once
-    index = local.restore(manifest["meta"], arrays, segments, manifest["n_images"])
+    # checks that the segments' images cover 0..n_images-1 once
+    segments, names = store.read_segments(manifest, mmap=mmap)
+    stats = store.read_stats(manifest)
+    index = local.restore(manifest["meta"], arrays, segments, manifest["n_images"], stats)
     return index, names, manifest

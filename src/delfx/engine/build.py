@@ -216,6 +216,7 @@ def create(
                 "model": model,
                 "segments": segments,
                 "n_images": index.n_images,
+                "stats": save_stats(store, index, segments),
                 "codebook": source,
                 "n_train_descriptors": int(train.shape[0]),
             },
@@ -233,6 +234,13 @@ def replace_index(spec: EngineSpec, conf: local.IndexConfig) -> EngineSpec:
     return replace(spec, pipeline=replace(spec.pipeline, index=conf))
 
 
+def save_stats(store: IndexDir, index: local.LocalIndex, segments: Sequence[str]) -> str:
+    """Write the index's derived statistics for ``segments`` (see :mod:`delfx.build_index`)."""
+    from delfx.build_index import save_stats as save
+
+    return save(store, index, segments)
+
+
 def _clean(folder: Path, manifest: dict[str, Any]) -> None:
     for path in mf.unused_files(folder, manifest):
         path.unlink(missing_ok=True)
@@ -246,7 +254,8 @@ def _load_index(folder: Path, manifest: dict[str, Any], meta_key: str = "meta") 
     if meta_key == "meta_empty":
         return local.restore(idx["meta_empty"], arrays, [], 0), []
     segments, names = store.read_segments(idx)
-    return local.restore(idx["meta"], arrays, segments, idx["n_images"]), names
+    index = local.restore(idx["meta"], arrays, segments, idx["n_images"], store.read_stats(idx))
+    return index, names
 
 
 def add(
@@ -311,6 +320,11 @@ def add(
                 "meta": meta,
                 "segments": [*manifest["index"]["segments"], *segments],
                 "n_images": index.n_images,
+                "stats": save_stats(
+                    IndexDir(folder / mf.INDEX),
+                    index,
+                    [*manifest["index"]["segments"], *segments],
+                ),
             },
             "removed": sorted(removed),
         }
@@ -380,6 +394,7 @@ def compact(folder: str | os.PathLike[str], *, progress: bool = True) -> int:
                 "meta": meta,
                 "segments": segments,
                 "n_images": index.n_images,
+                "stats": save_stats(IndexDir(folder / mf.INDEX), index, segments),
             },  # fmt: skip
             "removed": [],
         }

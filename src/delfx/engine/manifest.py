@@ -113,6 +113,8 @@ def read(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"{path}: field 'index.segments' must be a list of file names")
     for i, s in enumerate(segs):
         store.file(f"index.segments[{i}]", s)
+    if index.get("stats") is not None:
+        store.file("index.stats", index["stats"])
     return meta
 
 
@@ -136,7 +138,12 @@ def referenced(manifest: dict[str, Any]) -> tuple[set[str], set[str]]:
         if shard.get("global"):
             top.add(shard["global"])
     index = manifest["index"]
-    return top, {LOCK, index["model"], *index["segments"]}
+    return top, {
+        LOCK,
+        index["model"],
+        *index["segments"],
+        *([index["stats"]] if index.get("stats") else []),
+    }
 
 
 def own_top_file(name: str) -> bool:

@@ -25,7 +25,7 @@ from delfx.engine.extractor import Described, Extractor, Photo
 from delfx.engine.spec import DEFAULT_VERIFY, EngineSpec, from_dict
 from delfx.errors import InputError
 from delfx.features.types import LocalFeatures
-from delfx.index import local
+from delfx.index import kernels, local
 from delfx.index.fusion import fuse_rankings
 from delfx.index.storage import IndexDir
 from delfx.io.featureset import FeatureSet
@@ -110,7 +110,9 @@ class Searcher:
         store = IndexDir(folder / mf.INDEX)
         idx = manifest["index"]
         segments, names = store.read_segments(idx)
-        index = local.restore(idx["meta"], store.read_model(idx["model"]), segments, len(names))
+        model = store.read_model(idx["model"])
+        index = local.restore(idx["meta"], model, segments, len(names), store.read_stats(idx))
+        kernels.warm()  # compile (or load) the scan kernels now, not in the first query
         matrix = None
         if spec.uses_global:
             matrix = read_matrix(folder, manifest["shards"], len(names))

@@ -55,6 +55,17 @@ def selectivity(u: np.ndarray, alpha: float = 3.0, tau: float = 0.0) -> np.ndarr
     return np.where(u > tau, np.sign(u) * np.abs(u) ** alpha, 0.0)
 
 
+def gamma_of(segments: Sequence[Segment], n_images: int, first: int = 0) -> np.ndarray:
+    """γ(Y) of images ``first .. n_images - 1``: ``|Y|^{-1/2}`` from their postings (0 without
+    features); ``(n_images - first,)`` float64."""
+    count = np.zeros(n_images - first, dtype=np.int64)
+    for seg in segments:
+        ids = np.asarray(seg.image_ids).astype(np.int64) - first
+        count += np.bincount(ids[ids >= 0], minlength=n_images - first)
+    with np.errstate(divide="ignore"):
+        return np.where(count > 0, 1.0 / np.sqrt(np.maximum(count, 1)), 0.0)
+
+
 class ASMKIndex(FlatCodebookIndex):
     """Binary ASMK* over a flat codebook (immutable; ``add`` returns a new index).
 
@@ -86,6 +97,7 @@ class ASMKIndex(FlatCodebookIndex):
         alpha: float = 3.0,
         tau: float = 0.0,
         quantizer: Quantizer | None = None,
+        gamma: np.ndarray | None = None,
     ):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         # nearest-word search; shared by the indexes that adds derive from this one
@@ -115,15 +127,14 @@ class ASMKIndex(FlatCodebookIndex):
         if segment_ids_bound(self.ivf.segments) > self.n_images:
             raise InputError(f"segments name image ids beyond n_images={self.n_images}")
         self._lut = selectivity(1.0 - 2.0 * np.arange(self.n_bits + 1) / self.n_bits, alpha, tau)
-        self._derive()
+        if gamma is not None and np.shape(gamma) == (self.n_images,):
+            self.gamma = np.asarray(gamma, dtype=np.float64)
+        else:
+            self.gamma = gamma_of(self.ivf.segments, self.n_images)
 
-    def _derive(self) -> None:
-        """γ(Y) per image: ``|Y|^{-1/2}`` from the postings per image (0 without features)."""
-        count = np.zeros(self.n_images, dtype=np.int64)
-        for seg in self.ivf.segments:
-            count += np.bincount(seg.image_ids, minlength=self.n_images)
-        with np.errstate(divide="ignore"):
-            self.gamma = np.where(count > 0, 1.0 / np.sqrt(np.maximum(count, 1)), 0.0)
+    def stats(self) -> dict[str, np.ndarray]:
+        """Derived statistics to store beside the segments: ``gamma`` (N,)."""
+        return {"gamma": self.gamma}
 
     def _options(self) -> dict[str, Any]:
         return {"ma": self.ma, "ma_ratio": self.ma_ratio, "alpha": self.alpha, "tau": self.tau}
@@ -237,12 +248,14 @@ class ASMKIndex(FlatCodebookIndex):
         ids = np.repeat(np.arange(self.n_images, self.n_images + counts.size), counts)
         seg = build_segment(words, ids, self.n_words, {"bits": bits})
         logger.debug("ASMK: +%d images, %d postings", counts.size, seg.n_postings)
+        n = self.n_images + counts.size
         return type(self)(
             self.centroids,
             self.ivf.add(seg),
-            self.n_images + counts.size,
+            n,
             projection=self.projection,
             quantizer=self.quantizer,
+            gamma=np.concatenate([self.gamma, gamma_of([seg], n, self.n_images)]),
             **self._options(),
         )
 
@@ -288,7 +301,7 @@ class ASMKIndex(FlatCodebookIndex):
         """``(meta, arrays, segments)``: JSON-able settings, model arrays and the segments."""
         meta = {"kind": self.kind, "n_words": self.n_words, "dim": self.dim}
         meta.update(n_images=self.n_images, n_bits=self.n_bits, **self._options())
-        arrays = {"centroids": self.centroids}
+        arrays = {"centroids": self.centroids, **self.quantizer_state()}
         if self.projection is not None:
             arrays["projection"] = self.projection
         return meta, arrays, list(self.ivf.segments)
@@ -299,10 +312,14 @@ class ASMKIndex(FlatCodebookIndex):
         meta: Mapping[str, Any],
         arrays: Mapping[str, np.ndarray],
         segments: Sequence[Segment],
+        stats: Mapping[str, np.ndarray] | None = None,
     ) -> ASMKIndex:
-        """Rebuild an index from :meth:`state`'s parts (γ is recomputed)."""
+        """Rebuild an index from :meth:`state`'s parts; γ comes from ``stats`` (:meth:`stats`)
+        when given for these segments, else it is recomputed."""
         centroids, ivf, n_images, opts = cls._unpack_state(
             meta, arrays, segments, ("ma", "ma_ratio", "alpha", "tau")
         )
         proj = arrays.get("projection")
-        return cls(centroids, ivf, n_images, projection=proj, **opts)
+        q = cls._stored_quantizer(arrays, centroids)
+        gamma = None if stats is None else stats.get("gamma")
+        return cls(centroids, ivf, n_images, projection=proj, quantizer=q, gamma=gamma, **opts)

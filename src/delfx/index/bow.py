@@ -296,17 +296,7 @@ class TreeIndex:
                 idf = self._fixed_idf
             else:
                 idf = idf_weights(self.document_frequency(), self.n_images)
-            norms = np.zeros(self.n_images, dtype=np.float64)
-            for seg in self.inverted.segments:
-                counts = np.diff(seg.offsets)
-                lo = 0
-                while lo < self.n_words:  # word ranges of about _CHUNK postings
-                    hi = int(np.searchsorted(seg.offsets, seg.offsets[lo] + _CHUNK, "right")) - 1
-                    hi = min(max(hi, lo + 1), self.n_words)
-                    a, b = seg.offsets[lo], seg.offsets[hi]
-                    weight = seg.payload["tf"][a:b] * np.repeat(idf[lo:hi], counts[lo:hi])
-                    np.add.at(norms, seg.image_ids[a:b], weight)  # in posting order: exact
-                    lo = hi
+            norms = kernels.tree_norms(self.inverted.segments, idf, self.n_images)
             inv = np.zeros_like(norms)
             np.divide(1.0, norms, out=inv, where=norms > 0)
             self._derived_cache = (idf, inv)
@@ -379,6 +369,11 @@ class TreeIndex:
         x = as_descriptors(descriptors, self.tree.dim)
         return quantize(self.tree, x)[:, -1] - self.tree.level_start(self.tree.height)
 
+    def stats(self) -> dict[str, np.ndarray]:
+        """Derived statistics to store beside the segments: ``idf`` (W,), ``inv_norm`` (N,)."""
+        idf, inv = self.derived()
+        return {"idf": idf, "inv_norm": inv}
+
     def nbytes(self) -> int:
         """Memory of the postings and the derived idf and norms, in bytes (tree excluded)."""
         idf, inv = self.derived()
@@ -410,6 +405,7 @@ class TreeIndex:
         segments: Sequence[Segment] = (),
         *,
         n_images: int | None = None,
+        stats: dict[str, np.ndarray] | None = None,
     ) -> TreeIndex:
         """Rebuild an index from :meth:`state` output and its segments (oldest first).
 
@@ -418,6 +414,7 @@ class TreeIndex:
             arrays: the model arrays.
             segments: the inverted-file segments.
             n_images: image count when it changed since ``meta`` was saved (appends).
+            stats: :meth:`stats` saved for these segments (else derived on the first query).
         """
         tree = VocabTree.from_state(
             meta, {k[len("tree_") :]: v for k, v in arrays.items() if k.startswith("tree_")}
@@ -438,4 +435,8 @@ class TreeIndex:
         for seg in segments:
             if "tf" not in seg.payload:
                 raise InputError("index segment lacks the 'tf' payload of a tree index")
+        if stats is not None and "idf" in stats and "inv_norm" in stats:
+            idf, inv = np.asarray(stats["idf"]), np.asarray(stats["inv_norm"])
+            if idf.shape == (index.n_words,) and inv.shape == (index.n_images,):
+                index._derived_cache = (idf.astype(np.float64), inv.astype(np.float64))
         return index

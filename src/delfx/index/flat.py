@@ -121,6 +121,18 @@ class FlatCodebookIndex:
         centroids = np.asarray(arrays["centroids"])
         return centroids, InvertedFile(centroids.shape[0], segments), n_images, opts
 
+    @staticmethod
+    def _stored_quantizer(
+        arrays: Mapping[str, np.ndarray], centroids: np.ndarray
+    ) -> Quantizer | None:
+        """The quantizer saved with the model (large codebooks), or None to build one."""
+        data = arrays.get("quantizer")
+        return None if data is None else Quantizer.from_bytes(centroids, data)
+
+    def quantizer_state(self) -> dict[str, np.ndarray]:
+        """``{"quantizer": bytes}`` for an approximate quantizer (none for exact search)."""
+        return {} if self.quantizer.exact else {"quantizer": self.quantizer.to_bytes()}
+
     def nbytes(self) -> int:
         """Bytes held by the inverted file's segments."""
         return self.ivf.nbytes()

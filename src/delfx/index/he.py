@@ -40,7 +40,6 @@ from delfx.index.invfile import (
     Segment,
     build_segment,
     segment_ids_bound,
-    word_image_runs,
 )
 from delfx.index.kmeans import Quantizer, assign, train_flat
 
@@ -68,6 +67,11 @@ def check_scan(bad: int, n_images: int) -> None:
         raise InputError(
             f"index: {bad} postings name images outside 0..{n_images - 1}; the index is damaged"
         )
+
+
+def _stats_fit(stats: Mapping[str, np.ndarray], n_words: int, n_images: int) -> bool:
+    ok = "df" in stats and "norms" in stats
+    return ok and stats["df"].shape == (n_words,) and stats["norms"].shape == (n_images,)
 
 
 def check_new_ids(image_ids: Sequence[int] | np.ndarray | None, first: int, count: int) -> None:
@@ -142,6 +146,7 @@ class HEIndex(FlatCodebookIndex):
         sigma: float = SIGMA,
         max_h: int = MAX_H,
         quantizer: Quantizer | None = None,
+        stats: Mapping[str, np.ndarray] | None = None,
     ):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         # nearest-word search; shared by the indexes that adds derive from this one
@@ -170,7 +175,17 @@ class HEIndex(FlatCodebookIndex):
         self.ma, self.ma_ratio = int(ma), None if ma_ratio is None else float(ma_ratio)
         self.sigma, self.max_h = float(sigma), int(max_h)
         self._lut = he_weight(np.arange(65), self.sigma, self.max_h)
-        self._derive()
+        if stats is not None and _stats_fit(stats, self.n_words, self.n_images):
+            self.df = np.asarray(stats["df"], dtype=np.int64)
+            self._set_idf()
+            self.norms = np.asarray(stats["norms"], dtype=np.float64)
+        else:
+            self._derive()
+
+    def _set_idf(self) -> None:
+        n = max(self.n_images, 1)
+        self.idf = np.log(n / np.maximum(self.df, 1)) * (self.df > 0)
+        self._idf2 = self.idf**2
 
     def _derive(self) -> None:
         """idf per word and ‖d‖ per image, from all segments (two O(P) passes, no sort).
@@ -178,18 +193,20 @@ class HEIndex(FlatCodebookIndex):
         ``N_w`` equals ``self.ivf.document_frequency()`` (a test checks it) but is counted from
         the (word, image) runs that the norms need anyway, which avoids a sort of all postings.
         """
-        df = np.zeros(self.n_words, dtype=np.int64)
-        for seg in self.ivf.segments:  # two passes: runs are not kept (up to P entries)
-            df += np.bincount(word_image_runs(seg, self.n_words)[0], minlength=self.n_words)
         n = max(self.n_images, 1)
-        self.idf = np.log(n / np.maximum(df, 1)) * (df > 0)
-        self._idf2 = self.idf**2
-        norm2 = np.zeros(self.n_images)
-        for seg in self.ivf.segments:
-            words, ids, counts = word_image_runs(seg, self.n_words)
-            w = self._idf2[words] * counts.astype(np.float64) ** 2
-            norm2 += np.bincount(ids, weights=w, minlength=self.n_images)
+
+        def idf2_of(df: np.ndarray) -> np.ndarray:
+            return (np.log(n / np.maximum(df, 1)) * (df > 0)) ** 2
+
+        self.df, norm2 = kernels.image_word_stats(
+            self.ivf.segments, self.n_words, self.n_images, idf2_of
+        )
+        self._set_idf()
         self.norms = np.sqrt(norm2)
+
+    def stats(self) -> dict[str, np.ndarray]:
+        """Derived statistics to store beside the segments: ``df`` (W,) and ``norms`` (N,)."""
+        return {"df": self.df, "norms": self.norms}
 
     def _options(self) -> dict[str, Any]:
         return {"ma": self.ma, "ma_ratio": self.ma_ratio, "sigma": self.sigma, "max_h": self.max_h}
@@ -328,7 +345,8 @@ class HEIndex(FlatCodebookIndex):
         """``(meta, arrays, segments)``: JSON-able settings, model arrays and the segments."""
         meta = {"kind": self.kind, "n_words": self.n_words, "dim": self.dim}
         meta.update(n_images=self.n_images, **self._options())
-        return meta, {"centroids": self.centroids, **self.params.state()}, list(self.ivf.segments)
+        arrays = {"centroids": self.centroids, **self.params.state(), **self.quantizer_state()}
+        return meta, arrays, list(self.ivf.segments)
 
     @classmethod
     def from_state(
@@ -336,9 +354,13 @@ class HEIndex(FlatCodebookIndex):
         meta: Mapping[str, Any],
         arrays: Mapping[str, np.ndarray],
         segments: Sequence[Segment],
+        stats: Mapping[str, np.ndarray] | None = None,
     ) -> HEIndex:
-        """Rebuild an index from :meth:`state`'s parts (derived idf and norms are recomputed)."""
+        """Rebuild an index from :meth:`state`'s parts; idf and norms come from ``stats``
+        (:meth:`stats`) when given for these segments, else they are recomputed."""
         centroids, ivf, n_images, opts = cls._unpack_state(
             meta, arrays, segments, ("ma", "ma_ratio", "sigma", "max_h")
         )
-        return cls(centroids, HEParams.from_state(arrays), ivf, n_images, **opts)
+        q = cls._stored_quantizer(arrays, centroids)
+        return cls(centroids, HEParams.from_state(arrays), ivf, n_images, quantizer=q,
+                   stats=stats, **opts)  # fmt: skip

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from delfx.errors import InputError
+from delfx.io.npzmap import is_mapped
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,19 @@ def word_chunks(ivf: InvertedFile, words: np.ndarray, max_hits: int = 1 << 20) -
 
 
 def segment_ids_bound(segments: Sequence[Segment]) -> int:
-    """One past the largest image id in the segments (0 when empty)."""
-    return max((int(s.image_ids.max()) + 1 for s in segments if s.n_postings), default=0)
+    """One past the largest image id in the segments held in memory (0 when empty).
+
+    Memory-mapped segments are skipped (reading all their ids would defeat the map); the scan
+    kernels check every id they meet against the index instead.
+    """
+    return max(
+        (
+            int(s.image_ids.max()) + 1
+            for s in segments
+            if s.n_postings and not is_mapped(s.image_ids)
+        ),
+        default=0,
+    )
 
 
 # ---- the index ------------------------------------------------------------------------------

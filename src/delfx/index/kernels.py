@@ -351,3 +351,101 @@ def warm() -> str:
     for tf_type in (np.uint16, np.int32):
         tree_scan(off, one_id, np.ones(1, tf_type), w, np.ones(1), np.ones(1), np.ones(1), out)
     return use
+
+
+# ---- statistics over all postings (adds and compaction recompute them) -----------------------
+
+if numba is not None:
+
+    @numba.njit(cache=True, nogil=True)
+    def _runs_nb(offsets, ids, weight_of_word, df, norm2, pass_no):
+        """Pass 0: ``df[w] += distinct images``; pass 1: ``norm2[d] += weight[w] * count²``.
+
+        Returns -1 when a list is not sorted by image id (the caller falls back to numpy).
+        """
+        for w in range(offsets.shape[0] - 1):
+            a, b = offsets[w], offsets[w + 1]
+            p = a
+            while p < b:
+                d = ids[p]
+                q = p + 1
+                while q < b and ids[q] == d:
+                    q += 1
+                if q < b and ids[q] < d:
+                    return -1
+                if pass_no == 0:
+                    df[w] += 1
+                else:
+                    c = np.float64(q - p)
+                    norm2[d] += weight_of_word[w] * c * c
+                p = q
+        return 0
+
+    @numba.njit(cache=True, nogil=True)
+    def _tree_norms_nb(offsets, ids, tf, idf, norms):
+        for w in range(offsets.shape[0] - 1):
+            f = idf[w]
+            for p in range(offsets[w], offsets[w + 1]):
+                norms[ids[p]] += tf[p] * f
+
+
+def image_word_stats(
+    segments, n_words: int, n_images: int, weight_of_df
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(df, norm2)`` over segments: images per word, and ``Σ_w weight_w · n_w(d)²`` per image.
+
+    Args:
+        segments: inverted-file segments (lists sorted by image id, as built).
+        n_words: ``W``.
+        n_images: ``N``.
+        weight_of_df: maps the ``(W,)`` int64 document frequencies to ``(W,)`` float64 weights.
+
+    Returns:
+        ``(W,)`` int64 and ``(N,)`` float64.
+    """
+    from delfx.index.invfile import word_image_runs
+
+    df = np.zeros(n_words, dtype=np.int64)
+    norm2 = np.zeros(n_images)
+    fast = backend() == "numba"
+    dummy = np.zeros(1)
+    for seg in segments if fast else ():
+        off, ids = _arr(seg.offsets, np.int64), _arr(seg.image_ids, np.uint32)
+        if _runs_nb(off, ids, dummy, df, norm2, 0) < 0:
+            fast, df[:] = False, 0
+            break
+    if not fast:
+        for seg in segments:
+            df += np.bincount(word_image_runs(seg, n_words)[0], minlength=n_words)
+    weight = weight_of_df(df)
+    for seg in segments:
+        if fast:
+            off, ids = _arr(seg.offsets, np.int64), _arr(seg.image_ids, np.uint32)
+            _runs_nb(off, ids, _arr(weight, np.float64), df, norm2, 1)
+        else:
+            words, ids, counts = word_image_runs(seg, n_words)
+            w = weight[words] * counts.astype(np.float64) ** 2
+            norm2 += np.bincount(ids, weights=w, minlength=n_images)
+    return df, norm2
+
+
+def tree_norms(segments, idf: np.ndarray, n_images: int) -> np.ndarray:
+    """``(N,)`` float64 ``Σ tf · idf_w`` per image, summed in posting order (as ``np.add.at``)."""
+    norms = np.zeros(n_images, dtype=np.float64)
+    idf = _arr(idf, np.float64)
+    for seg in segments:
+        off, ids = _arr(seg.offsets, np.int64), _arr(seg.image_ids, np.uint32)
+        tf = np.asarray(seg.payload["tf"])
+        if backend() == "numba":
+            _tree_norms_nb(off, ids, _arr(tf, tf.dtype), idf, norms)
+            continue
+        counts = np.diff(off)
+        lo = 0
+        while lo < idf.size:  # word ranges of about _MAX_HITS postings
+            hi = int(np.searchsorted(off, off[lo] + _MAX_HITS, "right")) - 1
+            hi = min(max(hi, lo + 1), idf.size)
+            a, b = off[lo], off[hi]
+            weight = tf[a:b] * np.repeat(idf[lo:hi], counts[lo:hi])
+            np.add.at(norms, ids[a:b], weight)
+            lo = hi
+    return norms

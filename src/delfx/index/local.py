@@ -159,21 +159,31 @@ def state_of(index: LocalIndex) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return state[0], state[1]
 
 
+def stats_of(index: LocalIndex) -> dict[str, np.ndarray]:
+    """The statistics derived from all postings (idf, norms, γ), to save beside the segments."""
+    return index.stats()  # type: ignore[attr-defined]
+
+
 def restore(
     meta: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray],
     segments: Sequence[Segment],
     n_images: int,
+    stats: Mapping[str, np.ndarray] | None = None,
 ) -> LocalIndex:
-    """Rebuild an index from its meta, model arrays and segments, with ``n_images`` images."""
+    """Rebuild an index from its meta, model arrays and segments, with ``n_images`` images.
+
+    ``stats`` (:func:`stats_of`, saved for these segments) spares recomputing idf and norms.
+    """
     kind = meta.get("kind")
     meta = {**meta, "n_images": n_images}
     if kind == "voctree":
-        return TreeIndex.from_state(dict(meta), dict(arrays), segments, n_images=n_images)
+        st = None if stats is None else dict(stats)
+        return TreeIndex.from_state(dict(meta), dict(arrays), segments, n_images=n_images, stats=st)
     if kind == "he":
-        return HEIndex.from_state(meta, arrays, segments)
+        return HEIndex.from_state(meta, arrays, segments, stats)
     if kind == "asmk":
-        return ASMKIndex.from_state(meta, arrays, segments)
+        return ASMKIndex.from_state(meta, arrays, segments, stats)
     raise InputError(f"unknown index kind {kind!r}")
 
 

@@ -5,9 +5,13 @@ Layout::
     <dir>/index.json          manifest: format version, kind, config, n_images, segment files
     <dir>/model-<uid>.npz     trained model arrays (codebook, tree, HE projection, ...)
     <dir>/seg-<uid>.npz       one inverted-file segment and the names of its images
+    <dir>/stats-<uid>.npz     statistics derived from all segments (idf, norms), for the
+                              segments it names: an open does not recompute them
     <dir>/.lock               taken by a writer (one writer at a time)
 
-Nothing is pickled (``allow_pickle=False`` both ways). Every file is written under a temporary
+Nothing is pickled (``allow_pickle=False`` both ways). Segments are memory-mapped when read
+(:mod:`delfx.io.npzmap`): opening an index reads headers, and a query pages in the lists it
+visits. Every file is written under a temporary
 name and renamed; the manifest is replaced last. A build or an append that is killed therefore
 leaves the previous manifest, and the index it describes, intact; readers only ever open files
 that a committed manifest names, so they can read while a writer adds segments.
@@ -28,7 +32,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from delfx.datasets.gnd_io import load_json
 from delfx.errors import InputError
 from delfx.index.invfile import Segment
 from delfx.io import atomic
+from delfx.io.npzmap import map_npz
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +52,8 @@ MODEL = "model.npz"
 LOCK = ".lock"
 _PAYLOAD = "payload__"
 # names this module writes: model-/seg- files and the temporary files of atomic.write_bytes
-_OWN_FILE = re.compile(r"(?:model|seg)-[0-9a-f]{12}\.npz")
-_OWN_TMP = re.compile(r"\.(?:(?:model|seg)-[0-9a-f]{12}\.npz|index\.json)\.[a-z0-9_]+\.tmp")
+_OWN_FILE = re.compile(r"(?:model|seg|stats)-[0-9a-f]{12}\.npz")
+_OWN_TMP = re.compile(r"\.(?:(?:model|seg|stats)-[0-9a-f]{12}\.npz|index\.json)\.[a-z0-9_]+\.tmp")
 
 
 def save_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
@@ -73,8 +78,8 @@ def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 def own_name(name: str) -> bool:
     """True for a name that an index writes itself, other than ``index.json``.
 
-    These are the lock file, ``model-<uid>.npz``, ``seg-<uid>.npz`` and the temporary files they
-    and the manifest are written under.
+    These are the lock file, ``model-<uid>.npz``, ``seg-<uid>.npz``, ``stats-<uid>.npz`` and the
+    temporary files they and the manifest are written under.
     """
     return name == LOCK or bool(_OWN_FILE.fullmatch(name) or _OWN_TMP.fullmatch(name))
 
@@ -157,6 +162,8 @@ class IndexDir:
             if name in seen:
                 raise InputError(f"{path}: field 'segments' lists {name!r} twice")
             seen.add(name)
+        if meta.get("stats") is not None:
+            self.file("stats", meta["stats"])
         if "n_images" in meta:
             n = meta["n_images"]
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -204,21 +211,35 @@ class IndexDir:
         save_arrays(self.path / fname, arrays)
         return fname
 
-    def read_segment(self, fname: str) -> tuple[Segment, list[str], int]:
-        """Read a segment file: ``(segment, image names, first image id)``."""
+    def read_segment(self, fname: str, *, mmap: bool = True) -> tuple[Segment, list[str], int]:
+        """Read a segment file: ``(segment, image names, first image id)``.
+
+        With ``mmap`` its posting arrays are read-only memory maps of the file.
+        """
         path = self.file("segments", fname)
-        arrays = load_arrays(path)
+        arrays = map_npz(path) if mmap else load_arrays(path)
         for key in ("offsets", "image_ids", "names", "first_id"):
             if key not in arrays:
                 raise InputError(f"{path}: missing array '{key}'")
         if arrays["first_id"].shape != () or arrays["names"].ndim != 1:
             raise InputError(f"{path}: malformed arrays 'first_id'/'names'")
         payload = {k[len(_PAYLOAD) :]: v for k, v in arrays.items() if k.startswith(_PAYLOAD)}
-        segment = Segment(arrays["offsets"], arrays["image_ids"], payload)
-        return segment, [str(n) for n in arrays["names"]], int(arrays["first_id"])
+        offsets, ids = np.asarray(arrays["offsets"]), arrays["image_ids"]
+        if offsets.ndim != 1 or offsets.size < 1 or ids.ndim != 1 or int(offsets[-1]) != ids.size:
+            raise InputError(f"{path}: arrays 'offsets' and 'image_ids' do not agree")
+        for k, v in payload.items():
+            if v.shape[:1] != ids.shape:
+                raise InputError(f"{path}: payload '{k}' has {v.shape[0]} rows for {ids.size}")
+        segment = Segment(offsets.astype(np.int64, copy=False), ids, payload)
+        return segment, np.asarray(arrays["names"]).tolist(), int(arrays["first_id"])
 
-    def read_segments(self, manifest: Mapping[str, Any]) -> tuple[list[Segment], list[str]]:
+    def read_segments(
+        self, manifest: Mapping[str, Any], *, mmap: bool = True
+    ) -> tuple[list[Segment], list[str]]:
         """Read every segment of a checked manifest: ``(segments, image names in id order)``.
+
+        With ``mmap`` (the default) postings are memory-mapped and their image ids are not
+        scanned here: the scan kernels refuse ids outside the index when a query meets them.
 
         Raises:
             InputError: ``n_images`` is missing, or the segments' image ranges do not cover the
@@ -230,10 +251,10 @@ class IndexDir:
             raise InputError(f"{where}: field 'n_images' must be an int >= 0, got {n_images!r}")
         segments, spans, names = [], [], [""] * n_images
         for fname in manifest["segments"]:
-            seg, seg_names, first = self.read_segment(fname)
+            seg, seg_names, first = self.read_segment(fname, mmap=mmap)
             stop = first + len(seg_names)
             ids = seg.image_ids
-            if ids.size and (int(ids.min()) < first or int(ids.max()) >= stop):
+            if not mmap and ids.size and (int(ids.min()) < first or int(ids.max()) >= stop):
                 raise InputError(
                     f"{self.path / fname}: image ids outside the segment's images "
                     f"{first}..{stop - 1}"
@@ -257,6 +278,30 @@ class IndexDir:
             )
         return segments, names
 
+    def write_stats(
+        self, arrays: Mapping[str, np.ndarray], segments: Sequence[str], n_images: int
+    ) -> str:
+        """Write an index's derived statistics for these segments; returns the file name."""
+        name = f"stats-{uuid.uuid4().hex[:12]}.npz"
+        tag = {"for_segments": np.asarray(list(segments), dtype=np.str_)}
+        tag["for_n_images"] = np.asarray(n_images, dtype=np.int64)
+        save_arrays(self.path / name, {**arrays, **tag})
+        return name
+
+    def read_stats(self, manifest: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """The statistics a manifest names, or None when it names none or they were computed
+        for other segments (then the index derives them, and says so in the log)."""
+        name = manifest.get("stats")
+        if name is None:
+            return None
+        arrays = load_arrays(self.file("stats", name))
+        segs = arrays.pop("for_segments", np.zeros(0, np.str_)).tolist()
+        n = arrays.pop("for_n_images", np.asarray(-1))
+        if segs != list(manifest.get("segments", [])) or int(n) != manifest.get("n_images"):
+            logger.warning("%s: statistics of other segments; recomputing them", self.path / name)
+            return None
+        return arrays
+
     def commit(self, manifest: Mapping[str, Any]) -> Path:
         """Atomically replace the manifest: the new index becomes visible to readers."""
         meta = {"format_version": FORMAT_VERSION, **manifest}
@@ -270,7 +315,7 @@ class IndexDir:
         if not self.exists():
             return []
         meta = self.manifest()
-        keep = {LOCK, meta["model"], *meta["segments"]}
+        keep = {LOCK, meta["model"], *meta["segments"], meta.get("stats")}
         return sorted(
             p
             for p in self.path.iterdir()
@@ -327,7 +372,7 @@ class IndexDir:
             # a damaged delfx manifest: its entries cannot be trusted; keep the files it names
             logger.warning("%s; rebuilding, keeping the files it names", exc)
             return []
-        return [meta["model"], *meta["segments"]]
+        return [meta["model"], *meta["segments"], *([meta["stats"]] if meta.get("stats") else [])]
 
     def remove_unused(self, previous: Iterable[str] = ()) -> list[Path]:
         """After a commit, delete ``previous`` index files and :meth:`garbage` the manifest skips.
@@ -339,7 +384,7 @@ class IndexDir:
             The deleted files.
         """
         meta = self.manifest()
-        keep = {MANIFEST, LOCK, meta["model"], *meta["segments"]}
+        keep = {MANIFEST, LOCK, meta["model"], *meta["segments"], meta.get("stats")}
         doomed = {self.file("previous", n) for n in previous if n not in keep} | set(self.garbage())
         removed = []
         for path in sorted(doomed):
