@@ -26,6 +26,9 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
+	# the numpy fallback of the scan kernels, as without numba
+	DELFX_NUMBA=0 $(BIN)/python -m pytest -q tests/test_kernels.py tests/test_he_asmk.py \
+		tests/test_mmap_index.py tests/test_invfile.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
