@@ -251,3 +251,7 @@ def test_backend_choice(monkeypatch):
     assert kernels.backend() == ("numba" if kernels.numba is not None else "numpy")
     with pytest.raises(ValueError, match="backend"):
         kernels.backend("cuda")
+    monkeypatch.setattr(kernels, "numba", None)  # as if numba were not installed
+    assert kernels.backend() == "numpy" and kernels.warm() == "numpy"
+    with pytest.raises(ImportError, match="pip install numba"):
+        kernels.backend("numba")
