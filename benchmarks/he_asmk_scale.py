@@ -29,8 +29,9 @@ import time
 import numpy as np
 
 from delfx.index.asmk import ASMKIndex
+from delfx.index.flat import rank
 from delfx.index.hamming import HEParams, random_projection
-from delfx.index.he import HEIndex, rank
+from delfx.index.he import HEIndex
 from delfx.index.invfile import InvertedFile, build_segment
 
 SEG_IMAGES = 10_000  # images per segment (an incremental index's batch)

@@ -215,10 +215,14 @@ class Searcher:
 
     # -- ranking ------------------------------------------------------------------------------
 
-    def rank(self, described: Described) -> tuple[np.ndarray, np.ndarray]:
-        """The first-stage ranking of every live image: ``(ids, scores)``, best first."""
+    def rank(self, described: Described, want: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The first-stage ranking of the live images: ``(ids, scores)``, best first; the best
+        ``want`` of them at least (every one when None), so a large index is not sorted."""
         n = len(self.names)
         ids = scores = None
+        k = n
+        if want is not None and not self.spec.uses_global:  # a fused ranking needs all
+            k = min(n, int(want) + n - len(self))  # removed images may take places
         if self.spec.uses_index:
             assert self.index is not None
             desc = described.local.descriptors
@@ -227,7 +231,7 @@ class Searcher:
                     f"query: {desc.shape[1]}-d descriptors; the index expects "
                     f"{local.dim_of(self.index)}-d"
                 )
-            ids, scores = self.index.search(desc, n)
+            ids, scores = self.index.search(desc, k)
         if self.spec.uses_global:
             if self.global_matrix is None or described.global_vec is None:
                 raise InputError(f"pipeline '{self.spec.name}': no global descriptor to rank by")
@@ -273,9 +277,9 @@ class Searcher:
             raise InputError("no local features found in the query")
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        ids, scores = self.rank(described)
-        timings["search_ms"] = 1000 * (time.perf_counter() - t)
         n_verify = self._verify_count(verify)
+        ids, scores = self.rank(described, None if top is None else max(int(top), n_verify))
+        timings["search_ms"] = 1000 * (time.perf_counter() - t)
         inliers: dict[int, int] = {}
         if n_verify > 0 and len(described.local) > 0:
             t = time.perf_counter()
