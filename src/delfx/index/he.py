@@ -249,7 +249,7 @@ class HEIndex(FlatCodebookIndex):
     ) -> HEIndex:
         """An empty index on a given codebook, with HE trained on ``descriptors`` (``(N, D)``)."""
         c = np.ascontiguousarray(centroids, dtype=np.float32)
-        quantizer = Quantizer(c)
+        quantizer = options.pop("quantizer", None) or Quantizer(c)
         words = assign(descriptors, quantizer)[:, 0]
         params = train_he(descriptors, words, c.shape[0], seed=seed, min_count=min_count)
         return cls(c, params, quantizer=quantizer, **options)

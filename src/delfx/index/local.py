@@ -19,7 +19,7 @@ from delfx.index.asmk import ASMKIndex
 from delfx.index.bow import TreeIndex
 from delfx.index.he import HEIndex
 from delfx.index.invfile import Segment
-from delfx.index.kmeans import train_flat
+from delfx.index.kmeans import Quantizer, train_flat
 from delfx.index.voctree import train_tree
 
 KINDS = ("voctree", "he", "asmk")
@@ -55,6 +55,8 @@ class IndexConfig:
         ma: query-side multiple assignment (HE, ASMK).
         train_per_image: descriptors drawn per training image (None: all).
         seed: seed of sampling and k-means.
+        quantizer: nearest-word search of codebooks of 4096 words or more (HE, ASMK):
+            ``ivf`` (faiss IVF over the words) or ``hnsw`` (an HNSW graph, faster at 64k-256k).
     """
 
     kind: str = "asmk"
@@ -66,10 +68,15 @@ class IndexConfig:
     ma: int = 5
     train_per_image: int | None = 1000
     seed: int = 0
+    quantizer: str = "ivf"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"index kind '{self.kind}': expected one of {', '.join(KINDS)}")
+        if self.quantizer not in Quantizer.KINDS:
+            raise InputError(
+                f"quantizer '{self.quantizer}': expected one of {', '.join(Quantizer.KINDS)}"
+            )
         # named as the command line spells them (delfx index build / delfx run flags)
         least = (
             ("tree-branch", self.branch, 2),
@@ -142,9 +149,10 @@ def train(
         raise InputError(
             f"codebook: {centroids.shape} centroids for {conf.n_words} words of {x.shape[1]}-d"
         )
+    quantizer = Quantizer(np.ascontiguousarray(centroids, np.float32), kind=conf.quantizer)
     if conf.kind == "he":
-        return HEIndex.from_codebook(centroids, x, seed=conf.seed, ma=conf.ma)
-    return ASMKIndex.from_codebook(centroids, seed=conf.seed, ma=conf.ma)
+        return HEIndex.from_codebook(centroids, x, seed=conf.seed, ma=conf.ma, quantizer=quantizer)
+    return ASMKIndex.from_codebook(centroids, seed=conf.seed, ma=conf.ma, quantizer=quantizer)
 
 
 def segments_of(index: LocalIndex) -> tuple[Segment, ...]:
