@@ -188,6 +188,7 @@ def main() -> None:
     ap.add_argument("--burst", type=float, default=0.3)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--work", type=Path, default=None, help="folder for the indexes (temp)")
+    ap.add_argument("--no-merge", action="store_true", help="skip merging the segments")
     ap.add_argument("--keep", type=Path, default=None,
                     help="keep the indexes in this folder; reuse those there")  # fmt: skip
     args = ap.parse_args()
@@ -218,21 +219,33 @@ def main() -> None:
                         sample = build(folder, kind, n, args.features, centroids, quantizer, p,
                                        args.burst, rng)  # fmt: skip
                         build_s = time.perf_counter() - t
-                    disk = sum(f.stat().st_size for f in folder.iterdir())
-                    t = time.perf_counter()
-                    index, names, _ = build_index.load(folder)
-                    kernels.warm()
-                    open_s = time.perf_counter() - t
                     qs = queries(rng, kind, sample, p, args.features, args.queries)
-                    time_search(index, qs[:3])  # touch the pages of a few queries' lists once
-                    p50, p95, ok, hits = time_search(index, qs)
-                    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-                    row = (kind, n, n_words, args.quantizer, q_build, build_s, disk / n, open_s,
-                           hits, p50, p95, q_ms, agree, ok, len(qs), rss)  # fmt: skip
-                    rows.append(row)
-                    print(f"  {kind} W={n_words} N={n}: built {build_s:.0f} s, open "
-                          f"{open_s:.2f} s, p50 {p50:.1f} ms", flush=True)  # fmt: skip
-                    del index, names
+                    for stage in ("as built", "merged"):
+                        merge_s = float("nan")
+                        n_segs = len(IndexDir(folder).manifest()["segments"])
+                        if stage == "merged":
+                            if n_segs == 1 or args.no_merge:
+                                break
+                            t = time.perf_counter()
+                            build_index.merge_segments(folder)
+                            merge_s = time.perf_counter() - t
+                            n_segs = 1
+                        disk = sum(f.stat().st_size for f in folder.iterdir())
+                        t = time.perf_counter()
+                        index, names, _ = build_index.load(folder)
+                        kernels.warm()
+                        open_s = time.perf_counter() - t
+                        time_search(index, qs[:3])  # map the pages of a few queries' lists
+                        p50, p95, ok, hits = time_search(index, qs)
+                        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                        row = (kind, n, n_words, n_segs, args.quantizer, q_build, build_s,
+                               merge_s, disk / n, open_s, hits, p50, p95, q_ms, agree, ok,
+                               len(qs), rss)  # fmt: skip
+                        rows.append(row)
+                        print(f"  {kind} W={n_words} N={n} ({n_segs} segments): built "
+                              f"{build_s:.0f} s, open {open_s:.2f} s, p50 {p50:.1f} ms",
+                              flush=True)  # fmt: skip
+                        del index, names
                     if args.keep is None:
                         shutil.rmtree(folder)
     finally:
@@ -240,16 +253,15 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average after the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
           f"backend {kernels.backend()}")  # fmt: skip
-    print(
-        "| index | images | words | quantizer (build s) | build s | bytes/img | open s "
-        "| hits/query | search p50 ms | p95 ms | quantise ms | = exact NN | top-1 | peak RSS GB |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| index | images | words | segments | quantizer (build s) | build s | merge s "
+          "| bytes/img | open s | hits/query | search p50 ms | p95 ms | quantise ms "
+          "| = exact NN | top-1 | peak RSS GB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        kind, n, w, qk, qb, bs, bpi, op, hits, p50, p95, qms, agree, ok, nq, rss = r
-        print(f"| {kind} | {n:,} | {w:,} | {qk} ({qb:.0f}) | {bs:.0f} | {bpi:,.0f} | {op:.2f} "
-              f"| {hits / 1e6:.1f}M | {p50:.1f} | {p95:.1f} | {qms:.1f} | {agree:.3f} "
-              f"| {ok}/{nq} | {rss:.1f} |")  # fmt: skip
+        kind, n, w, ns, qk, qb, bs, ms, bpi, op, hits, p50, p95, qms, agree, ok, nq, rss = r
+        print(f"| {kind} | {n:,} | {w:,} | {ns} | {qk} ({qb:.0f}) | {bs:.0f} | {ms:.0f} "
+              f"| {bpi:,.0f} | {op:.2f} | {hits / 1e6:.1f}M | {p50:.1f} | {p95:.1f} "
+              f"| {qms:.1f} | {agree:.3f} | {ok}/{nq} | {rss:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

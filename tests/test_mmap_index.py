@@ -106,3 +106,31 @@ def test_map_npz_reads_headers_only(tmp_path):
 
     with pytest.raises(InputError, match="cut.npz"):
         map_npz(tmp_path / "cut.npz")
+
+
+def test_merged_segments_give_the_same_results(appended, tmp_path):
+    """A streaming merge (tiny chunks: many word ranges) keeps postings, stats and scores."""
+    import shutil
+
+    out, feats = appended
+    copy = tmp_path / "merged"
+    shutil.copytree(out, copy)
+    before, names_b, m_b = build_index.load(copy)
+    build_index.merge_segments(copy, chunk=7)
+    after, names_a, m_a = build_index.load(copy)
+    assert len(m_b["segments"]) == 6 and len(m_a["segments"]) == 1 and names_a == names_b
+    merged = local.segments_of(after)[0]
+    inv = type(local.segments_of(before)[0])  # Segment
+    from delfx.index.invfile import InvertedFile
+
+    ref = InvertedFile(merged.offsets.size - 1, local.segments_of(before)).compact().segments[0]
+    assert isinstance(merged, inv)
+    assert np.array_equal(merged.offsets, ref.offsets)
+    assert np.array_equal(merged.image_ids, ref.image_ids)
+    for k in ref.payload:
+        assert np.array_equal(merged.payload[k], ref.payload[k])
+    for q in _queries(feats):
+        a, b = before.search(q, 20), after.search(q, 20)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    left = sorted(p.name for p in copy.iterdir())
+    assert left == sorted([".lock", "index.json", m_a["model"], *m_a["segments"], m_a["stats"]])

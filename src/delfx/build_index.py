@@ -235,3 +235,29 @@ def load(
     stats = store.read_stats(manifest)
     index = local.restore(manifest["meta"], arrays, segments, manifest["n_images"], stats)
     return index, names, manifest
+
+
+def merge_segments(index_dir: str | os.PathLike[str], *, chunk: int = 1 << 24) -> Path:
+    """Merge all segments of an index folder into one, streaming (see :mod:`delfx.index.merge`).
+
+    The postings, the statistics and therefore every score stay the same; a query then reads
+    each of its lists in one piece. The old segment files are deleted after the commit.
+    """
+    from delfx.index.merge import merge_files
+
+    store = IndexDir(index_dir)
+    with store.writing():
+        manifest = store.manifest()
+        old = list(manifest["segments"])
+        if len(old) <= 1:
+            return store.path
+        stats = store.read_stats(manifest)
+        fname, _, _, _ = merge_files(store, old, chunk=chunk)
+        new = {**manifest, "segments": [fname]}
+        new.pop("format_version", None)
+        if stats is not None:
+            new["stats"] = store.write_stats(stats, [fname], manifest["n_images"])
+        store.commit(new)
+        store.remove_unused(old + ([manifest["stats"]] if manifest.get("stats") else []))
+    logger.info("index %s: %d segments merged into one", store.path, len(old))
+    return store.path
