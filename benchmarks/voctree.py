@@ -2,16 +2,20 @@
 
 Descriptors are synthetic and SIFT-like: a mixture of 2000 Gaussians in 128-d, clipped at zero
 and scaled to L2 norm 512; ``--store`` adds a row for the real descriptors of a delfx feature
-store (table 1 only). Three tables:
+store (table 1 only). Three tables (table 4, the holdout-sized comparison, is
+``benchmarks/voctree_seed.py``, which reuses the generator and the seed-style code here):
 
 1. ``delfx`` tree (branch 10, height 6) trained on 1M descriptors (100k with ``--quick``), and
    quantisation of them.
 2. The seed's way (per-node sklearn ``MiniBatchKMeans``, a Python descent per descriptor, a Python
-   loop over database images per query) against ``delfx`` on the same subsample.
+   loop over database images per query) against ``delfx`` on the same subsample. Needs
+   scikit-learn and threadpoolctl (``pip install -e .[bench]``).
 3. Indexes of 10k and 100k images with 1000 features each, made from uniformly random leaf ids
    (not from quantised descriptors, to save time): memory per image and query latency.
 
-    .venv/bin/python benchmarks/voctree.py [--quick] [--sections tree naive scale] [--store F.h5]
+    .venv/bin/python benchmarks/voctree.py [--quick] [--sections tree naive scale]
+        [--store F.h5]
+    .venv/bin/python benchmarks/voctree_seed.py [--quick] [--holdout-images 900] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -74,6 +78,17 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
 
 
+def preamble(title: str) -> None:
+    """The report's title, the machine and its load, and the descriptors."""
+    print(f"# {title}")
+    print(
+        f"machine: {platform.machine()} {platform.system()}, os.cpu_count() = {os.cpu_count()}, "
+        f"load average at start {os.getloadavg()[0]:.1f} (the machine is shared: CPU seconds "
+        "are given next to wall seconds)"
+    )
+    print("descriptors: synthetic SIFT-like (2000-mode Gaussian mixture, 128-d, clipped, norm 512)")
+
+
 # ----------------------------------------------------------------------------- seed-style code
 
 
@@ -116,33 +131,6 @@ def naive_quantize(centroids: np.ndarray, x: np.ndarray) -> list[list[int]]:
             path.append(node)
         paths.append(path)
     return paths
-
-
-def naive_build_estimate(
-    x: np.ndarray, paths: np.ndarray, rng: np.random.Generator, per_level: int = 8
-) -> tuple[float, list[str]]:
-    """Seconds the seed-style build would take on ``x``: per level, MiniBatchKMeans is timed
-    on up to ``per_level`` sampled nodes (node contents taken from the delfx tree as a proxy)
-    and scaled by the number of nodes with at least ``B`` descriptors."""
-    from sklearn.cluster import MiniBatchKMeans
-
-    total, notes = 0.0, []
-    for level in range(HEIGHT):
-        node_of = np.zeros(len(x), np.int64) if level == 0 else paths[:, level - 1]
-        nodes, counts = np.unique(node_of, return_counts=True)
-        busy = nodes[counts >= BRANCH]
-        sample = rng.choice(busy, size=min(per_level, busy.size), replace=False)
-        order = np.argsort(node_of, kind="stable")
-        starts = np.searchsorted(node_of[order], sample)
-        ends = np.searchsorted(node_of[order], sample, side="right")
-        clock = Clock()
-        for a, b in zip(starts, ends, strict=True):
-            MiniBatchKMeans(BRANCH, random_state=0).fit(x[order[a:b]])
-        wall = clock.stop()[0]
-        est = wall / max(sample.size, 1) * busy.size
-        total += est
-        notes.append(f"level {level}: {busy.size:,} nodes x {wall / max(sample.size, 1):.3f} s")
-    return total, notes
 
 
 def naive_bows(paths_per_image: list[list[list[int]]]) -> tuple[list[dict], dict]:
@@ -229,7 +217,6 @@ def section_naive(
     n_db: int,
     n_queries: int,
     rng: np.random.Generator,
-    big: dict | None,
 ) -> None:
     from threadpoolctl import threadpool_limits
 
@@ -259,26 +246,11 @@ def section_naive(
         ["implementation", "build", "quantise", "build + quantise", "speed-up wall (CPU)"],
         rows,
     )
-    per_desc = tn_quant[0] / n_quant
     print(
         f"\nquantisation alone: {tn_quant[0] / tf_quant[0]:.0f}x faster (wall). On the delfx "
         f"tree, the Python descent and delfx give the same path for {100 * agree:.2f}% of "
         "2,000 descriptors. sklearn ran with one thread (threadpoolctl)."
     )
-    if big is not None:
-        n_big = len(big["x"])
-        with threadpool_limits(1):
-            est_build, notes = naive_build_estimate(big["x"], big["paths"], rng)
-        est = est_build + per_desc * n_big
-        fast = big["build"][0] + big["quant"][0]
-        print(
-            f"\nESTIMATE, not a measurement: the seed-style build + quantisation of the "
-            f"{n_big:,} descriptors of table 1 would take about {est:.0f} s "
-            f"({est_build:.0f} s of k-means, from MiniBatchKMeans timed on sampled nodes of "
-            f"each level and scaled by the node count; {per_desc * n_big:.0f} s of descent at "
-            f"the measured {1e6 * per_desc:.0f} us/descriptor), against {fast:.1f} s measured "
-            f"for delfx: about {est / fast:.0f}x. Per level: " + "; ".join(notes) + "."
-        )
     # queries over a database of n_db images with 1000 uniformly random leaves each
     leaves = [rng.integers(0, BRANCH**HEIGHT, 1000) for _ in range(n_db)]
     queries = [rng.integers(0, BRANCH**HEIGHT, 1000) for _ in range(n_queries)]
@@ -400,20 +372,13 @@ def main() -> None:
     naive_db, naive_queries = (200, 3) if q else (2_000, 5)
     sizes, n_queries = ([1_000, 5_000], 10) if q else ([10_000, 100_000], 50)
     rng = np.random.default_rng(args.seed)
-    print(f"# voctree benchmark{' (quick)' if q else ''}")
-    print(
-        f"machine: {platform.machine()} {platform.system()}, os.cpu_count() = {os.cpu_count()}, "
-        f"load average at start {os.getloadavg()[0]:.1f} (the machine is shared: CPU seconds "
-        "are given next to wall seconds)"
-    )
-    print("descriptors: synthetic SIFT-like (2000-mode Gaussian mixture, 128-d, clipped, norm 512)")
+    preamble(f"voctree benchmark{' (quick)' if q else ''}")
     tree, big = None, None
     if "tree" in args.sections:
         big = section_tree(n, rng, args.store)
         tree = big["tree"]
     if "naive" in args.sections:
-        section_naive(naive_n, naive_quant, naive_db, naive_queries, rng, big)
-        big = None
+        section_naive(naive_n, naive_quant, naive_db, naive_queries, rng)
     if "scale" in args.sections:
         if tree is None:
             print("\n(scale run: tree trained on 100,000 descriptors, used to quantise queries)")

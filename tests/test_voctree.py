@@ -296,22 +296,6 @@ def test_errors_and_edge_cases() -> None:
         train_tree(np.zeros((0, 4), np.float32), 3, 2)
 
 
-def test_first_equal_sibling_against_loops() -> None:
-    rng = np.random.default_rng(8)
-    blocks = rng.integers(0, 3, (300, 5, 4)).astype(np.float32)  # many exact repeats
-    ref = np.tile(np.arange(5), (300, 1))
-    for g in range(300):
-        for j in range(5):
-            ref[g, j] = next(k for k in range(j + 1) if (blocks[g, k] == blocks[g, j]).all())
-    np.testing.assert_array_equal(first_equal_sibling(blocks), ref)
-    # with a builder's hint: child j copies child j % 2
-    hinted = blocks.copy()
-    hinted[:, 2:] = hinted[:, [0, 1, 0]]
-    source = np.tile(np.arange(5) % 2, (300, 1))
-    source[:, :2] = [0, 1]
-    np.testing.assert_array_equal(first_equal_sibling(hinted, source), first_equal_sibling(hinted))
-
-
 def test_large_counts_and_mixed_tf_dtypes() -> None:
     tree = random_tree(3, 2, 4)
     big = TreeIndex(tree).add_leaves([np.zeros(70_000, np.int64), np.array([1, 2, 8])])

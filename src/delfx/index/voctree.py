@@ -8,14 +8,18 @@ order: row ``j - 1`` of :attr:`VocabTree.centroids` is node ``j``, so the ``B`` 
 ``p`` are the contiguous rows ``p * B ... p * B + B - 1`` (block ``p`` of
 ``centroids.reshape(-1, B, D)``).
 
-Training (:func:`train_tree`) runs k-means level by level. Every node of a level is trained on at
-most ``B * max_points_per_centroid`` of its descriptors: nodes with many descriptors use faiss,
-and all the other nodes of the level run together as one batched Lloyd problem in numpy (each
-node stops as soon as its assignment is stable). A node with at most ``B`` descriptors takes its
-descriptors (repeated) as children and an empty node repeats its own centroid, so the tree stays
-complete. :func:`quantize` descends all descriptors together, level by level: descriptors are
-grouped by their current node and compared with its ``B`` children by batched matrix products
-(:mod:`delfx.index.voctree_kernels`). Ties between repeated children go to the first copy
+Training (:func:`train_tree`) runs k-means level by level on one random permutation of the
+descriptors, kept grouped by node (:mod:`delfx.index.voctree_kernels`): a node trains on its
+first ``B * max_points_per_centroid`` descriptors in that random order, starting from the ``B``
+of them with the smallest keys of a per-level hash, with Lloyd iterations that stop as soon as
+its assignment repeats. All nodes of a level are trained in one call: compiled and parallel over
+nodes with numba, batched matrix products with numpy (``DELFX_NUMBA=0``,
+:mod:`delfx.index.voctree_train`; the same algorithm, the same tree up to float32 near-ties). A
+node with at most ``B`` descriptors takes its descriptors (repeated) as children and an empty
+node repeats its own centroid, so the tree stays complete. Optionally, nodes with many training
+descriptors are trained one by one with faiss.
+:func:`quantize` descends a few descriptors (a query) one by one and many together, level by
+level, grouped by node. Ties between repeated children go to the first copy
 (:attr:`VocabTree.canon`), so such exact ties never depend on the batch a descriptor comes in
 (distinct centroids within float32 rounding of each other still may).
 
@@ -28,14 +32,29 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import faiss
 import numpy as np
-import scipy.sparse as sp
 
 from delfx.errors import InputError
-from delfx.index.voctree_kernels import first_equal_sibling, nearest_in_groups, stable_argsort
+from delfx.index.kernels import backend
+from delfx.index.voctree_kernels import (
+    assign,
+    canonical_children,
+    descend,
+    first_equal_sibling,
+    nearest_in_groups,
+    regroup,
+    row_sqnorms,
+    train_nodes,
+)
+from delfx.index.voctree_train import faiss_nodes, train_nodes_np
+
+__all__ = ["VocabTree", "first_equal_sibling", "level_start", "quantize", "train_tree"]
 
 logger = logging.getLogger(__name__)
+
+#: numba: up to this many descriptors (a query) descend one by one on one thread; more are
+#: grouped by node level by level, in parallel (each node's children are then read once)
+_DESCEND_MAX = 16384
 
 
 def level_start(branch: int, level: int) -> int:
@@ -53,14 +72,15 @@ class VocabTree:
         height: number of levels below the root ``H`` (>= 1); leaves are at level ``H``.
         canon: ``(n_internal, B)`` int64, for child ``j`` of node ``p`` the first sibling with an
             identical centroid (see :func:`first_equal_sibling`); computed when None.
-        sqnorms: ``(n_nodes - 1,)`` float32 squared norms of the centroids (derived).
+        sqnorms: ``(n_nodes - 1,)`` float32 squared norms of the centroids (derived: computed
+            by :func:`~delfx.index.voctree_kernels.row_sqnorms` when None).
     """
 
     centroids: np.ndarray
     branch: int
     height: int
     canon: np.ndarray | None = field(default=None, repr=False, compare=False)
-    sqnorms: np.ndarray = field(init=False, repr=False, compare=False)
+    sqnorms: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         c = np.ascontiguousarray(self.centroids, dtype=np.float32)
@@ -75,7 +95,13 @@ class VocabTree:
                 f"centroids, got array of shape {c.shape}"
             )
         object.__setattr__(self, "centroids", c)
-        object.__setattr__(self, "sqnorms", np.einsum("nd,nd->n", c, c))
+        if self.sqnorms is None:
+            sq = row_sqnorms(c)
+        else:
+            sq = np.ascontiguousarray(self.sqnorms, dtype=np.float32)
+            if sq.shape != (expected,):
+                raise InputError(f"tree sqnorms must have shape ({expected},), got {sq.shape}")
+        object.__setattr__(self, "sqnorms", sq)
         blocks = c.reshape(-1, self.branch, c.shape[1])
         if self.canon is None:
             canon = first_equal_sibling(blocks)
@@ -155,165 +181,55 @@ def quantize(tree: VocabTree, descriptors: np.ndarray, *, batch: int = 65536) ->
     Args:
         tree: the vocabulary tree.
         descriptors: ``N x D`` float32.
-        batch: descriptors per block of work (bounds temporary memory).
+        batch: descriptors per block of work of the numpy backend (bounds temporary memory).
+            Numba descends up to 16384 descriptors one by one, more grouped by node.
 
     Returns:
         ``(N, H)`` int64 node ids at levels ``1 ... H``; the last column is the leaf.
     """
     x = as_descriptors(descriptors, tree.dim)
     blocks, sq = tree.blocks()
-    paths = np.empty((x.shape[0], tree.height), dtype=np.int64)
-    node = np.zeros(x.shape[0], dtype=np.int64)
+    b, n = tree.branch, x.shape[0]
+    if backend() == "numba" and n <= _DESCEND_MAX:
+        return descend(x, blocks, sq, tree.canon, tree.height)
+    if backend() == "numba":
+        cols = np.empty((tree.height, n), dtype=np.int64)
+        order, seg = np.arange(n, dtype=np.int64), np.array([0, n], dtype=np.int64)
+        for level in range(tree.height):
+            first, size = tree.level_start(level), b**level
+            nodes = slice(first, first + size)
+            lab = np.full(n, -1, dtype=np.int64)
+            assign(x, order, seg, blocks[nodes], sq[nodes], lab)
+            order, seg = regroup(
+                order, seg, lab, tree.canon[nodes], first=first, node_of=cols[level]
+            )
+        return np.ascontiguousarray(cols.T)
+    paths = np.empty((n, tree.height), dtype=np.int64)
+    node = np.zeros(n, dtype=np.int64)
     for level in range(tree.height):
         slot = nearest_in_groups(x, node, blocks, sq, batch=batch)
-        node = node * tree.branch + 1 + tree.canon[node, slot]
+        node = node * b + 1 + tree.canon[node, slot]
         paths[:, level] = node
     return paths
 
 
-def _lloyd(
-    x: np.ndarray,
-    rows: np.ndarray,
-    groups: np.ndarray,
-    init: np.ndarray,
-    niter: int,
-) -> np.ndarray:
-    """Batched k-means: group ``g`` clusters ``x[rows[groups == g]]`` into ``B`` centroids.
+def _fresh(shape: tuple[int, int]) -> np.ndarray:
+    """``np.empty(shape, float32)`` without numpy's huge-page advice for large arrays.
 
-    A group stops as soon as its assignment repeats (its centroids are then a fixed point);
-    an empty cluster keeps its previous centroid.
-
-    Args:
-        x: ``N' x D`` float32 descriptors.
-        rows: ``(N,)`` rows of ``x`` taking part.
-        groups: ``(N,)`` group of each row, in ``[0, G)``.
-        init: ``(G, B, D)`` float32 initial centroids.
-        niter: maximum iterations.
-
-    Returns:
-        ``(G, B, D)`` float32 centroids.
+    Under ``transparent_hugepage/defrag = madvise`` (a common default) that advice makes the
+    kernel compact memory on the first touch of every page, which took seconds for the 570 MB of
+    a 10^6-leaf tree on a busy machine; without it the kernel still uses huge pages when it has
+    them free, and falls back to small pages otherwise.
     """
-    cent = init.copy()
-    n_groups, b, d = cent.shape
-    sq = np.einsum("gbd,gbd->gb", cent, cent)
-    xs = x[rows]  # contiguous, grouped: the gathers below stay sequential
-    rows = np.arange(rows.size)
-    prev = np.full(rows.size, -1, dtype=np.int64)
-    for it in range(niter):
-        if rows.size == 0:
-            break
-        assign = nearest_in_groups(xs, groups, cent, sq, rows=rows)
-        # groups are sorted: number the active ones 0 ... A - 1
-        first = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-        active = groups[first]
-        local = np.repeat(np.arange(active.size), np.diff(np.r_[first, groups.size]))
-        label = local * b + assign
-        counts = np.bincount(label, minlength=active.size * b)
-        # cluster sums as a sparse (clusters x points) product, built in CSR order directly
-        indptr = np.zeros(counts.size + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        member = sp.csr_matrix(
-            (np.ones(rows.size, dtype=np.float32), rows[stable_argsort(label)], indptr),
-            shape=(active.size * b, xs.shape[0]),
-        )
-        sums = np.asarray(member @ xs)
-        filled = np.flatnonzero(counts)
-        means = sums[filled] / counts[filled, None].astype(np.float32)
-        g, k = active[filled // b], filled % b
-        cent[g, k] = means
-        sq[g, k] = np.einsum("nd,nd->n", means, means)
-        moved = np.bincount(local, weights=assign != prev, minlength=active.size) > 0
-        keep = moved[local]
-        logger.debug("lloyd iteration %d: %d of %d groups moving", it, moved.sum(), active.size)
-        rows, groups, prev = rows[keep], groups[keep], assign[keep]
-    return cent
-
-
-def _train_level(
-    x: np.ndarray,
-    groups: np.ndarray,
-    parent: np.ndarray,
-    out: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    seed: int,
-    niter: int,
-    max_points_per_centroid: int,
-    faiss_min_points: int | None,
-) -> np.ndarray:
-    """Children centroids of every node of one level, written into ``out``.
-
-    Args:
-        x: ``N x D`` float32 descriptors.
-        groups: ``(N,)`` node of each descriptor within the level, in ``[0, G)``.
-        parent: ``(G, D)`` float32 centroid of each node (repeated for empty nodes).
-        out: ``(G, B, D)`` float32 view to fill.
-        rng: generator for subsampling and initialisation.
-        seed: base faiss seed.
-        niter: k-means iterations.
-        max_points_per_centroid: each node trains on at most ``B`` times this many descriptors.
-        faiss_min_points: nodes with at least this many training descriptors use faiss
-            (None: those with the full ``B * max_points_per_centroid``).
-
-    Returns:
-        ``(G, B)`` int64: the child that each child was copied from (itself if trained).
-    """
-    n_groups, branch, d = out.shape
-    shuffle = rng.permutation(groups.size)
-    order = shuffle[stable_argsort(groups[shuffle])]  # by node, random within a node
-    counts = np.bincount(groups, minlength=n_groups)
-    first = np.cumsum(counts) - counts
-    rank = np.arange(groups.size) - np.repeat(first, counts)
-    cap = branch * max_points_per_centroid
-    rows = order[rank < cap]  # training rows, grouped by node
-    n_train = np.minimum(counts, cap)
-    start = np.cumsum(n_train) - n_train
-    # empty nodes repeat their own centroid; tiny nodes take their descriptors, repeated
-    empty = np.flatnonzero(n_train == 0)
-    source = np.tile(np.arange(branch), (n_groups, 1))  # which child each child copies
-    out[empty] = parent[empty][:, None, :]
-    source[empty] = 0
-    small = np.flatnonzero((n_train > 0) & (n_train <= branch))
-    source[small] = np.arange(branch) % n_train[small][:, None]
-    out[small] = x[rows[start[small][:, None] + source[small]]]
-    # nodes with many descriptors: faiss, one by one
-    threshold = max(cap if faiss_min_points is None else faiss_min_points, branch + 1)
-    big = np.flatnonzero(n_train >= threshold)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # OpenMP start-up dwarfs these small problems
     try:
-        for g in big:
-            km = faiss.Kmeans(
-                d,
-                branch,
-                niter=niter,
-                seed=seed + int(g),
-                max_points_per_centroid=max_points_per_centroid,
-                min_points_per_centroid=1,
-                verbose=False,
-            )
-            km.train(np.ascontiguousarray(x[rows[start[g] : start[g] + n_train[g]]]))
-            out[g] = km.centroids
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # pragma: no cover - other numpy layouts
+        return np.empty(shape, dtype=np.float32)
+    old = _set_madvise_hugepage(False)
+    try:
+        return np.empty(shape, dtype=np.float32)
     finally:
-        faiss.omp_set_num_threads(threads)
-    # the rest: one batched Lloyd problem, initialised with B distinct random descriptors
-    mid = np.flatnonzero((n_train > branch) & (n_train < threshold))
-    if mid.size:
-        local = np.full(n_groups, -1, dtype=np.int64)
-        local[mid] = np.arange(mid.size)
-        row_local = np.repeat(local, n_train)
-        take = row_local >= 0
-        init = x[rows[start[mid][:, None] + np.arange(branch)[None, :]]]
-        out[mid] = _lloyd(x, rows[take], row_local[take], init, niter)
-    logger.debug(
-        "level of %d nodes: %d empty, %d tiny, %d faiss, %d batched",
-        n_groups,
-        empty.size,
-        small.size,
-        big.size,
-        mid.size,
-    )
-    return source
+        _set_madvise_hugepage(old)
 
 
 def train_tree(
@@ -332,13 +248,13 @@ def train_tree(
         descriptors: ``N x D`` float32 training descriptors (``N >= 1``).
         branch: children per node ``B`` (>= 2).
         height: levels below the root ``H`` (>= 1).
-        seed: seed of subsampling, initialisation and faiss (deterministic for a thread count).
-        niter: maximum k-means iterations per node (batched nodes stop when stable).
+        seed: seed of the permutation that picks each node's training descriptors and initial
+            centroids (and of faiss); the tree does not depend on the number of threads.
+        niter: maximum Lloyd iterations per node (each node stops when its assignment repeats).
         max_points_per_centroid: each node trains on at most ``B`` times this many of its
             descriptors (a random subsample); all descriptors are then assigned to its children.
         faiss_min_points: nodes with at least this many training descriptors are trained one by
-            one with faiss, the others together with batched numpy Lloyd iterations (None: faiss
-            for the nodes that fill ``B * max_points_per_centroid``).
+            one with faiss instead (None: no node is).
 
     Returns:
         The tree.
@@ -348,37 +264,45 @@ def train_tree(
         raise InputError("vocabulary tree: no training descriptors")
     if branch < 2 or height < 1:
         raise InputError(f"tree needs branch >= 2 and height >= 1, got {branch}, {height}")
-    rng = np.random.default_rng(seed)
+    use_numba = backend() == "numba"
     n, d = x.shape
-    centroids = np.empty((level_start(branch, height) * branch, d), dtype=np.float32)
+    cap = branch * max_points_per_centroid
+    rows = level_start(branch, height) * branch
+    centroids = _fresh((rows, d))
+    sqnorms = np.empty(rows, dtype=np.float32)
     canon = np.empty((level_start(branch, height), branch), dtype=np.int64)
-    node = np.zeros(n, dtype=np.int64)
+    # one random permutation: the first descriptors of a node are a random sample of it
+    order = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    seg = np.array([0, n], dtype=np.int64)
+    # the root is never empty (N >= 1), so its own centroid is never copied
+    parent, parent_sq = np.zeros((1, d), dtype=np.float32), np.zeros(1, dtype=np.float32)
     for level in range(height):
         first, n_groups = level_start(branch, level), branch**level
-        if level == 0:
-            parent = x.mean(axis=0, keepdims=True)
-        else:
-            parent = centroids[first - 1 : first - 1 + n_groups]
-        blocks = centroids[first * branch : (first + n_groups) * branch].reshape(
-            n_groups, branch, d
+        span = slice(first * branch, (first + n_groups) * branch)
+        blocks = centroids[span].reshape(n_groups, branch, d)
+        given = faiss_nodes(x, order, seg, blocks, cap=cap, min_points=faiss_min_points,
+                            niter=niter, seed=seed + first)  # fmt: skip
+        fit = train_nodes if use_numba else train_nodes_np
+        salt = (seed << 8 | level) & 0xFFFFFFFFFFFF
+        sq, src, lab, passes = fit(
+            x, order, seg, parent, parent_sq, given, cap, niter, salt, blocks
         )
-        source = _train_level(
-            x,
-            node - first,
-            parent,
-            blocks,
-            rng,
-            seed=seed + first,
-            niter=niter,
-            max_points_per_centroid=max_points_per_centroid,
-            faiss_min_points=faiss_min_points,
-        )
-        canon[first : first + n_groups] = first_equal_sibling(blocks, source)
+        sqnorms[span] = sq.ravel()
+        canon[first : first + n_groups] = canonical_children(blocks, src)
         if level + 1 < height:
-            sq = np.einsum("gbd,gbd->gb", blocks, blocks)
-            # (ties between repeated children are resolved here by rounding; any copy is fine)
-            node = node * branch + 1 + nearest_in_groups(x, node - first, blocks, sq)
-        logger.info(
-            "vocabulary tree: level %d of %d trained (%d nodes)", level + 1, height, n_groups
-        )
-    return VocabTree(centroids, branch, height, canon)
+            assign(x, order, seg, blocks, sq, lab)
+            order, seg = regroup(order, seg, lab, canon[first : first + n_groups])
+            parent, parent_sq = centroids[span], sqnorms[span]
+        if logger.isEnabledFor(logging.DEBUG):
+            lloyd = passes > 0
+            logger.debug(
+                "level %d: %d nodes, %d faiss, %d Lloyd (%.1f passes on average)",
+                level + 1,
+                n_groups,
+                given.sum(),
+                lloyd.sum(),
+                passes[lloyd].mean() if lloyd.any() else 0.0,
+            )
+    logger.info("vocabulary tree: %d levels of branch %d trained", height, branch)
+    # numpy: the tree recomputes its norms with the same einsum; numba: with the same kernel
+    return VocabTree(centroids, branch, height, canon, sqnorms if use_numba else None)
