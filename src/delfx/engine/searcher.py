@@ -12,6 +12,7 @@ already extracted. Both return a :class:`QueryResult` of names, scores and inlie
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,9 +28,14 @@ from delfx.errors import InputError
 from delfx.features.types import LocalFeatures
 from delfx.index import kernels, local
 from delfx.index.fusion import fuse_rankings
+from delfx.index.global_ann import GlobalIndex
 from delfx.index.storage import IndexDir
 from delfx.io.featureset import FeatureSet
 from delfx.rerank import RerankConfig, rerank_all, rerank_one, scores_of
+
+#: Images the global ranking of a query holds at least where the collection is searched
+#: approximately (from ``GlobalIndexConfig.exact_below`` images on).
+GLOBAL_SHORTLIST = 1000
 
 
 @dataclass(frozen=True)
@@ -215,9 +221,27 @@ class Searcher:
 
     # -- ranking ------------------------------------------------------------------------------
 
+    _global: GlobalIndex | None = None
+    _global_lock = threading.Lock()
+
+    def global_index(self) -> GlobalIndex:
+        """The search structure over :attr:`global_matrix`, built on first use: exact below
+        ``GlobalIndexConfig.exact_below`` images (the brute-force ranking), an inverted file
+        from there on (:mod:`delfx.index.global_ann`)."""
+        assert self.global_matrix is not None
+        with self._global_lock:
+            if self._global is None:
+                self._global = GlobalIndex.build(self.global_matrix)
+            return self._global
+
     def rank(self, described: Described, want: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The first-stage ranking of the live images: ``(ids, scores)``, best first; the best
-        ``want`` of them at least (every one when None), so a large index is not sorted."""
+        ``want`` of them at least (every one when None), so a large index is not sorted.
+
+        The global ranking of a collection searched approximately (:meth:`global_index`) holds
+        the best ``max(want, GLOBAL_SHORTLIST)`` images; fusion scores the others 0 for it.
+        With ``want`` None it is exact.
+        """
         n = len(self.names)
         ids = scores = None
         k = n
@@ -235,9 +259,14 @@ class Searcher:
         if self.spec.uses_global:
             if self.global_matrix is None or described.global_vec is None:
                 raise InputError(f"pipeline '{self.spec.name}': no global descriptor to rank by")
-            sims = self.global_matrix @ described.global_vec.astype(np.float32)
-            g_ids = np.argsort(-sims, kind="stable").astype(np.int64)
-            g_scores = sims[g_ids].astype(np.float64)
+            g_index = self.global_index()
+            g_k = n
+            if not g_index.exact and want is not None:
+                g_k = min(n, max(GLOBAL_SHORTLIST, int(want)) + n - len(self))
+            vec = described.global_vec.astype(np.float32)[None]
+            found, sims = g_index.search(vec, g_k, exact=want is None)
+            g_ids = found[0][found[0] >= 0]  # an inverted file may find fewer than g_k
+            g_scores = sims[0][: g_ids.size].astype(np.float64)
             if ids is None:
                 ids, scores = g_ids, g_scores
             else:
