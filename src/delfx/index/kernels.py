@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 ENV = "DELFX_NUMBA"
 BACKENDS = ("numba", "numpy")
 _MAX_HITS = 1 << 20  # postings gathered at once by the numpy backend
+#: Images scored per pass by the compiled kernels: 32k float64 scores (256 KB) stay in cache.
+BLOCK = 1 << 15
 
 try:  # numba is a core dependency; the numpy backend keeps delfx working without it
     import numba
@@ -69,63 +71,140 @@ if numba is not None:
         return x(x), codegen
 
     @numba.njit(cache=True, nogil=True)
-    def _he_nb(offsets, ids, sigs, words, qsigs, weights, lut, max_h, base, out):
-        # entries of one word are adjacent (words ascend): its list is read once for all of them
-        n = out.shape[0]
+    def _lower_bound(ids, a, b, value):
+        """First position in ``ids[a:b]`` (sorted) whose id is ``>= value``."""
+        while a < b:
+            m = (a + b) >> 1
+            if np.int64(ids[m]) < value:
+                a = m + 1
+            else:
+                b = m
+        return a
+
+    @numba.njit(cache=True, nogil=True)
+    def _outside(offsets, ids, words, base, n):
+        """Postings of the query's lists naming images outside ``base .. base + n - 1``."""
         bad = 0
-        i = 0
-        while i < words.shape[0]:
-            w = words[i]
-            j = i + 1
-            while j < words.shape[0] and words[j] == w:
-                j += 1
-            for p in range(offsets[w], offsets[w + 1]):
-                s = sigs[p]
-                d = np.int64(ids[p]) - base
-                for e in range(i, j):
-                    h = np.int64(_popcount(s ^ qsigs[e]))
-                    if h <= max_h:
-                        if 0 <= d < n:
-                            out[d] += lut[h] * weights[e]
-                        else:
-                            bad += 1
-            i = j
+        for i in range(words.shape[0]):
+            a, b = offsets[words[i]], offsets[words[i] + 1]
+            bad += _lower_bound(ids, a, b, base) - a
+            bad += b - _lower_bound(ids, a, b, base + n)
         return bad
 
     @numba.njit(cache=True, nogil=True)
-    def _asmk_nb(offsets, ids, bits, words, qbits, lut, base, out):
+    def _cursors(offsets, ids, words, start):
+        cur = np.empty(words.shape[0], np.int64)
+        for i in range(words.shape[0]):
+            cur[i] = _lower_bound(ids, offsets[words[i]], offsets[words[i] + 1], start)
+        return cur
+
+    # Each kernel scores images in ranges (one per thread), and within a range in blocks of
+    # ``block`` ids so that the writes into ``out`` stay in cache; each list keeps a cursor.
+    # An image is scored by one thread, its terms added in query order: the sums do not depend
+    # on the number of threads.
+
+    @numba.njit(cache=True, nogil=True)
+    def _he_range(offsets, ids, sigs, words, qsigs, weights, lut, max_h, base, out, block, lo, hi):
+        nq = words.shape[0]
+        cur = _cursors(offsets, ids, words, base + lo)
+        for blo in range(lo, hi, block):
+            top = base + min(blo + block, hi)
+            i = 0
+            while i < nq:  # entries of one word are adjacent: its list is read once for all
+                w = words[i]
+                j = i + 1
+                while j < nq and words[j] == w:
+                    j += 1
+                p = cur[i]
+                end = offsets[w + 1]
+                while p < end and np.int64(ids[p]) < top:
+                    s = sigs[p]
+                    d = np.int64(ids[p]) - base
+                    if lo <= d < hi:
+                        for e in range(i, j):
+                            h = np.int64(_popcount(s ^ qsigs[e]))
+                            if h <= max_h:
+                                out[d] += lut[h] * weights[e]
+                    p += 1
+                cur[i] = p
+                i = j
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _he_nb(offsets, ids, sigs, words, qsigs, weights, lut, max_h, base, out, block, parts):
         n = out.shape[0]
+        step = -(-n // parts)
+        for c in numba.prange(parts):
+            lo = c * step
+            if lo < n:
+                _he_range(offsets, ids, sigs, words, qsigs, weights, lut, max_h, base, out,
+                          block, lo, min(lo + step, n))  # fmt: skip
+        return _outside(offsets, ids, words, base, n)
+
+    @numba.njit(cache=True, nogil=True)
+    def _asmk_range(offsets, ids, bits, words, qbits, lut, base, out, block, lo, hi):
         n64 = bits.shape[1]
-        bad = 0
-        for i in range(words.shape[0]):
-            w = words[i]
-            for p in range(offsets[w], offsets[w + 1]):
-                h = 0
-                for k in range(n64):
-                    h += np.int64(_popcount(bits[p, k] ^ qbits[i, k]))
-                d = np.int64(ids[p]) - base
-                if 0 <= d < n:
-                    out[d] += lut[h]
-                else:
-                    bad += 1
-        return bad
+        nq = words.shape[0]
+        cur = _cursors(offsets, ids, words, base + lo)
+        for blo in range(lo, hi, block):
+            top = base + min(blo + block, hi)
+            for i in range(nq):
+                p = cur[i]
+                end = offsets[words[i] + 1]
+                while p < end and np.int64(ids[p]) < top:
+                    d = np.int64(ids[p]) - base
+                    if lo <= d < hi:
+                        h = 0
+                        for k in range(n64):
+                            h += np.int64(_popcount(bits[p, k] ^ qbits[i, k]))
+                        out[d] += lut[h]
+                    p += 1
+                cur[i] = p
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _asmk_nb(offsets, ids, bits, words, qbits, lut, base, out, block, parts):
+        n = out.shape[0]
+        step = -(-n // parts)
+        for c in numba.prange(parts):
+            lo = c * step
+            if lo < n:
+                _asmk_range(offsets, ids, bits, words, qbits, lut, base, out, block, lo,
+                            min(lo + step, n))  # fmt: skip
+        return _outside(offsets, ids, words, base, n)
 
     @numba.njit(cache=True, nogil=True)
-    def _tree_nb(offsets, ids, tf, words, idf, q, inv_norm, base, out):
+    def _tree_range(offsets, ids, tf, words, idf, q, inv_norm, base, out, block, lo, hi):
+        nq = words.shape[0]
+        cur = _cursors(offsets, ids, words, base + lo)
+        for blo in range(lo, hi, block):
+            top = base + min(blo + block, hi)
+            for i in range(nq):
+                a = idf[i]
+                b = q[i]
+                p = cur[i]
+                end = offsets[words[i] + 1]
+                while p < end and np.int64(ids[p]) < top:
+                    d = np.int64(ids[p]) - base
+                    if lo <= d < hi:
+                        v = a * np.float64(tf[p]) * inv_norm[d]
+                        out[d] += v if v < b else b
+                    p += 1
+                cur[i] = p
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _tree_nb(offsets, ids, tf, words, idf, q, inv_norm, base, out, block, parts):
         n = out.shape[0]
-        bad = 0
-        for i in range(words.shape[0]):
-            w = words[i]
-            a = idf[i]
-            b = q[i]
-            for p in range(offsets[w], offsets[w + 1]):
-                d = np.int64(ids[p]) - base
-                if 0 <= d < n:
-                    v = a * np.float64(tf[p]) * inv_norm[d]
-                    out[d] += v if v < b else b
-                else:
-                    bad += 1
-        return bad
+        step = -(-n // parts)
+        for c in numba.prange(parts):
+            lo = c * step
+            if lo < n:
+                _tree_range(offsets, ids, tf, words, idf, q, inv_norm, base, out, block, lo,
+                            min(lo + step, n))  # fmt: skip
+        return _outside(offsets, ids, words, base, n)
+
+
+def _parts(n: int) -> int:
+    """Image ranges scored in parallel: one per thread, none smaller than four blocks."""
+    return max(1, min(numba.get_num_threads(), n // (4 * BLOCK)))
 
 
 # ---- numpy ----------------------------------------------------------------------------------
@@ -238,7 +317,8 @@ def he_scan(
         use: ``"numba"`` or ``"numpy"`` (default: :func:`backend`).
 
     Returns:
-        The number of matching postings whose image lies outside ``out``.
+        How many postings of the query's lists name an image outside ``out`` (0 for a sound
+        index; the numpy backend counts the matching (entry, posting) pairs).
     """
     args = (
         _arr(offsets, np.int64),
@@ -250,7 +330,7 @@ def he_scan(
         _arr(lut, np.float64),
     )
     if backend(use) == "numba":
-        return int(_he_nb(*args, int(max_h), int(base), out))
+        return int(_he_nb(*args, int(max_h), int(base), out, BLOCK, _parts(out.size)))
     return _he_np(*args, int(max_h), int(base), out)
 
 
@@ -292,7 +372,7 @@ def asmk_scan(
         _arr(lut, np.float64),
     )
     if backend(use) == "numba":
-        return int(_asmk_nb(*args, int(base), out))
+        return int(_asmk_nb(*args, int(base), out, BLOCK, _parts(out.size)))
     return _asmk_np(*args, int(base), out)
 
 
@@ -337,7 +417,7 @@ def tree_scan(
         _arr(inv_norm, np.float64),
     )
     if backend(use) == "numba":
-        return int(_tree_nb(*args, int(base), out))
+        return int(_tree_nb(*args, int(base), out, BLOCK, _parts(out.size)))
     return _tree_np(*args, int(base), out)
 
 

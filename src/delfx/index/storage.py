@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import uuid
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise InputError(f"{path}: index file not found") from None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InputError(f"{path}: unreadable index file ({exc})") from None
 
 
