@@ -255,3 +255,25 @@ def test_backend_choice(monkeypatch):
     assert kernels.backend() == "numpy" and kernels.warm() == "numpy"
     with pytest.raises(ImportError, match="pip install numba"):
         kernels.backend("numba")
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="numba is a core dependency")
+def test_blocks_and_threads_do_not_change_the_sums(monkeypatch, random_case):
+    """Tiny blocks, one or two image ranges in parallel: the same float64 sums bit for bit."""
+    import numba
+
+    he, asmk, tree, queries = random_case
+    monkeypatch.setenv(kernels.ENV, "1")
+    q = queries[0]
+    whole = [he.score_all(q), asmk.score_all(q), tree.scores(q)]
+    monkeypatch.setattr(kernels, "BLOCK", 8)  # 150 images: many blocks, two ranges
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            assert kernels._parts(he.n_images) == threads
+            got = [he.score_all(q), asmk.score_all(q), tree.scores(q)]
+            for a, b in zip(got, whole, strict=True):
+                assert np.array_equal(a, b)
+    finally:
+        numba.set_num_threads(before)
