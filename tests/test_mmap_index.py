@@ -134,3 +134,16 @@ def test_merged_segments_give_the_same_results(appended, tmp_path):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     left = sorted(p.name for p in copy.iterdir())
     assert left == sorted([".lock", "index.json", m_a["model"], *m_a["segments"], m_a["stats"]])
+
+
+def test_cli_compact_merges_an_index_folder(appended, tmp_path, capsys):
+    import shutil
+
+    from delfx.cli import main as cli_main
+
+    out, _ = appended
+    copy = tmp_path / "c"
+    shutil.copytree(out, copy)
+    assert cli_main(["index", "compact", str(copy)]) == 0
+    assert "merged into one" in capsys.readouterr().out
+    assert len(IndexDir(copy).manifest()["segments"]) == 1

@@ -53,7 +53,10 @@ def register_index(sub: argparse._SubParsersAction) -> None:
     r.add_argument("names", nargs="+", metavar="NAME", help="names as 'delfx query' prints them")
     r.set_defaults(func=_remove)
 
-    k = add_subcommand(sub, "compact", "rewrite a collection without its removed images")
+    k = add_subcommand(
+        sub, "compact", "rewrite a collection without its removed images (an index folder: "
+        "merge its segments into one)"
+    )  # fmt: skip
     k.add_argument("dir", metavar="DIR")
     k.add_argument("--no-progress", action="store_true")
     k.set_defaults(func=_compact)
@@ -163,6 +166,12 @@ def _remove(args: argparse.Namespace) -> int:
 def _compact(args: argparse.Namespace) -> int:
     from delfx import engine
 
+    if (Path(args.dir) / "index.json").is_file():  # a bare index folder (delfx index build)
+        from delfx.build_index import merge_segments
+
+        merge_segments(args.dir)
+        print(f"compacted {args.dir}: its segments are merged into one")
+        return 0
     n = engine.compact(args.dir, progress=not args.no_progress)
     print(f"compacted {args.dir}: dropped {n} removed image(s) from disk")
     return 0
