@@ -203,8 +203,8 @@ if numba is not None:
 
 
 def _parts(n: int) -> int:
-    """Image ranges scored in parallel: one per thread, none smaller than four blocks."""
-    return max(1, min(numba.get_num_threads(), n // (4 * BLOCK)))
+    """Image ranges scored in parallel: one per thread, none smaller than a block."""
+    return max(1, min(numba.get_num_threads(), n // BLOCK))
 
 
 # ---- numpy ----------------------------------------------------------------------------------

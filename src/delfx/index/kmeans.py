@@ -104,7 +104,9 @@ class Quantizer:
     words themselves are indexed: by default by a faiss inverted file (``IndexIVFFlat`` with
     ``sqrt(W)`` lists, ``nprobe`` of them visited), so each descriptor is compared with about
     ``(1 + nprobe) sqrt(W)`` words instead of ``W``; with ``kind="hnsw"`` by an HNSW graph
-    (``M = 32``, ``ef_search`` candidates), faster still at 64k-256k words. Both are
+    (``M = 32``, ``ef_search`` candidates; at the default 16, 1000 SIFT-like descriptors take
+    about 13 ms at 64k words on 2 cores with 0.998 of their 5 nearest words exact), faster still
+    at 64k-256k words. Both are
     approximate; at the defaults they return the exact nearest word for nearly every descriptor
     (tests measure it). A trained quantizer is saved with the index (:meth:`to_bytes`, faiss's
     own serialisation), so opening a large index does not rebuild it.
@@ -128,7 +130,7 @@ class Quantizer:
         nprobe: int = 16,
         seed: int = 0,
         kind: str = "ivf",
-        ef_search: int = 64,
+        ef_search: int = 16,
         index: faiss.Index | None = None,
     ):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
