@@ -334,3 +334,23 @@ def test_changed_global_checkpoint_is_refused(tmp_path):
     ckpt.write_bytes(b"retrained weights")
     with pytest.raises(InputError, match="changed since the collection was built"):
         _check_model(tmp_path, spec, recorded)
+
+
+def test_compact_merges_the_index_into_one_segment(tmp_path, monkeypatch):
+    """A collection written in many segments is compacted into one: same ranking, by name."""
+    from delfx.engine import build as engine_build
+
+    monkeypatch.setattr(engine_build, "BATCH_IMAGES", 8)
+    folder, held_out = _small(tmp_path)
+    assert len(mf.read(folder)["index"]["segments"]) >= 3
+    photo = held_out[0][1][0]
+    before = [h.name for h in _top(folder, photo, top=None, verify=0)]
+    gone = before[-1]
+    engine.remove(folder, [gone])
+    assert engine.compact(folder, progress=False) == 1
+    m = mf.read(folder)
+    assert len(m["index"]["segments"]) == 1
+    files = sorted(p.name for p in (folder / mf.INDEX).iterdir())
+    assert files == sorted([m["index"]["model"], *m["index"]["segments"], m["index"]["stats"]])
+    after = [h.name for h in _top(folder, photo, top=None, verify=0)]
+    assert after == [n for n in before if n != gone]

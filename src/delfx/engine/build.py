@@ -109,6 +109,10 @@ def _extract(
     )
 
 
+#: Images per index segment written by create, add and compact (compact then merges them).
+BATCH_IMAGES = 2000
+
+
 def _add_images(
     index: local.LocalIndex,
     folder: Path,
@@ -120,7 +124,7 @@ def _add_images(
 
     store = IndexDir(folder / mf.INDEX)
     return add_batches(
-        index, store, feats, names, batch_images=2000, allow_empty=True, progress=progress
+        index, store, feats, names, batch_images=BATCH_IMAGES, allow_empty=True, progress=progress
     )
 
 
@@ -356,8 +360,8 @@ def remove(folder: str | os.PathLike[str], names: Sequence[str]) -> int:
 
 
 def compact(folder: str | os.PathLike[str], *, progress: bool = True) -> int:
-    """Rewrite the collection without its removed images: one shard, a rebuilt index (same
-    codebook). Returns the number of images dropped from disk."""
+    """Rewrite the collection without its removed images: one shard, a rebuilt index of one
+    segment (same codebook). Returns the number of images dropped from disk."""
     from delfx.engine.vectors import read_matrix
 
     folder = Path(folder)
@@ -384,6 +388,10 @@ def compact(folder: str | os.PathLike[str], *, progress: bool = True) -> int:
         index, _ = _load_index(folder, manifest, "meta_empty")
         with FeatureSet([folder / feat_name]) as feats:
             index, segments = _add_images(index, folder, feats, keep_names, progress)
+        if len(segments) > 1:  # one segment: each query list is read in one piece
+            from delfx.index.merge import merge_files
+
+            segments = [merge_files(IndexDir(folder / mf.INDEX), segments)[0]]
         meta, _ = local.state_of(index)
         updated = {
             **manifest,
