@@ -35,7 +35,7 @@ from delfx.errors import InputError
 from delfx.index import kernels
 from delfx.index.flat import FlatCodebookIndex, stack_lists
 from delfx.index.hamming import pack_bits, random_projection
-from delfx.index.he import check_new_ids, check_query, check_scan, multi_assign
+from delfx.index.he import check_new_ids, check_query, multi_assign
 from delfx.index.invfile import (
     InvertedFile,
     Segment,
@@ -292,7 +292,7 @@ class ASMKIndex(FlatCodebookIndex):
         for seg in self.ivf.segments:
             bad = kernels.asmk_scan(seg.offsets, seg.image_ids, seg.payload["bits"], w, b,
                                     self._lut, raw)  # fmt: skip
-            check_scan(bad, self.n_images)
+            kernels.check_scan(bad, self.n_images)
         return raw * self.gamma / np.sqrt(words.size)
 
     # -- state --------------------------------------------------------------------------------

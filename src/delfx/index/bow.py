@@ -323,8 +323,7 @@ class TreeIndex:
         for seg in self.inverted.segments:  # words ascend: one pass per segment
             bad = kernels.tree_scan(seg.offsets, seg.image_ids, seg.payload["tf"], words, idf_q,
                                     q, inv_norm, out)  # fmt: skip
-            if bad:
-                raise InputError(f"tree index: {bad} postings name images beyond n_images")
+            kernels.check_scan(bad, self.n_images)
         return out
 
     def scores(self, descriptors: np.ndarray) -> np.ndarray:

@@ -61,14 +61,6 @@ def check_query(descriptors: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def check_scan(bad: int, n_images: int) -> None:
-    """Raise when a scan met postings of images outside ``0 .. n_images - 1`` (a damaged index)."""
-    if bad:
-        raise InputError(
-            f"index: {bad} postings name images outside 0..{n_images - 1}; the index is damaged"
-        )
-
-
 def _stats_fit(stats: Mapping[str, np.ndarray], n_words: int, n_images: int) -> bool:
     ok = "df" in stats and "norms" in stats
     return ok and stats["df"].shape == (n_words,) and stats["norms"].shape == (n_images,)
@@ -334,7 +326,7 @@ class HEIndex(FlatCodebookIndex):
             sig = seg.payload["sig"]
             bad = kernels.he_scan(seg.offsets, seg.image_ids, sig, w, s, weights, self._lut,
                                   self.max_h, raw)  # fmt: skip
-            check_scan(bad, self.n_images)
+            kernels.check_scan(bad, self.n_images)
         qnorm = np.sqrt(np.dot(self._idf2, np.bincount(words, minlength=self.n_words) ** 2.0))
         denom = qnorm * self.norms
         return np.divide(raw, denom, out=np.zeros_like(raw), where=denom > 0)

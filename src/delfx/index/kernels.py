@@ -27,6 +27,8 @@ import os
 
 import numpy as np
 
+from delfx.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 ENV = "DELFX_NUMBA"
@@ -37,8 +39,11 @@ BLOCK = 1 << 15
 
 try:  # numba is a core dependency; the numpy backend keeps delfx working without it
     import numba
+
+    from delfx.index import kernels_numba as _nb
 except ImportError:  # pragma: no cover - exercised by DELFX_NUMBA=0 in CI instead
     numba = None
+    _nb = None
 
 
 def backend(requested: str | None = None) -> str:
@@ -51,155 +56,6 @@ def backend(requested: str | None = None) -> str:
         return requested
     off = os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off")
     return "numpy" if off or numba is None else "numba"
-
-
-# ---- numba ----------------------------------------------------------------------------------
-
-if numba is not None:
-    from numba.core import types as _types
-    from numba.extending import intrinsic as _intrinsic
-
-    @_intrinsic
-    def _popcount(typingctx, x):  # pragma: no cover - compiled
-        """LLVM's ``ctpop`` (one POPCNT instruction on x86-64) of an integer."""
-        if not isinstance(x, _types.Integer):
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-
-        return x(x), codegen
-
-    @numba.njit(cache=True, nogil=True)
-    def _lower_bound(ids, a, b, value):
-        """First position in ``ids[a:b]`` (sorted) whose id is ``>= value``."""
-        while a < b:
-            m = (a + b) >> 1
-            if np.int64(ids[m]) < value:
-                a = m + 1
-            else:
-                b = m
-        return a
-
-    @numba.njit(cache=True, nogil=True)
-    def _outside(offsets, ids, words, base, n):
-        """Postings of the query's lists naming images outside ``base .. base + n - 1``."""
-        bad = 0
-        for i in range(words.shape[0]):
-            a, b = offsets[words[i]], offsets[words[i] + 1]
-            bad += _lower_bound(ids, a, b, base) - a
-            bad += b - _lower_bound(ids, a, b, base + n)
-        return bad
-
-    @numba.njit(cache=True, nogil=True)
-    def _cursors(offsets, ids, words, start):
-        cur = np.empty(words.shape[0], np.int64)
-        for i in range(words.shape[0]):
-            cur[i] = _lower_bound(ids, offsets[words[i]], offsets[words[i] + 1], start)
-        return cur
-
-    # Each kernel scores images in ranges (one per thread), and within a range in blocks of
-    # ``block`` ids so that the writes into ``out`` stay in cache; each list keeps a cursor.
-    # An image is scored by one thread, its terms added in query order: the sums do not depend
-    # on the number of threads.
-
-    @numba.njit(cache=True, nogil=True)
-    def _he_range(offsets, ids, sigs, words, qsigs, weights, lut, max_h, base, out, block, lo, hi):
-        nq = words.shape[0]
-        cur = _cursors(offsets, ids, words, base + lo)
-        for blo in range(lo, hi, block):
-            top = base + min(blo + block, hi)
-            i = 0
-            while i < nq:  # entries of one word are adjacent: its list is read once for all
-                w = words[i]
-                j = i + 1
-                while j < nq and words[j] == w:
-                    j += 1
-                p = cur[i]
-                end = offsets[w + 1]
-                while p < end and np.int64(ids[p]) < top:
-                    s = sigs[p]
-                    d = np.int64(ids[p]) - base
-                    if lo <= d < hi:
-                        for e in range(i, j):
-                            h = np.int64(_popcount(s ^ qsigs[e]))
-                            if h <= max_h:
-                                out[d] += lut[h] * weights[e]
-                    p += 1
-                cur[i] = p
-                i = j
-
-    @numba.njit(cache=True, nogil=True, parallel=True)
-    def _he_nb(offsets, ids, sigs, words, qsigs, weights, lut, max_h, base, out, block, parts):
-        n = out.shape[0]
-        step = -(-n // parts)
-        for c in numba.prange(parts):
-            lo = c * step
-            if lo < n:
-                _he_range(offsets, ids, sigs, words, qsigs, weights, lut, max_h, base, out,
-                          block, lo, min(lo + step, n))  # fmt: skip
-        return _outside(offsets, ids, words, base, n)
-
-    @numba.njit(cache=True, nogil=True)
-    def _asmk_range(offsets, ids, bits, words, qbits, lut, base, out, block, lo, hi):
-        n64 = bits.shape[1]
-        nq = words.shape[0]
-        cur = _cursors(offsets, ids, words, base + lo)
-        for blo in range(lo, hi, block):
-            top = base + min(blo + block, hi)
-            for i in range(nq):
-                p = cur[i]
-                end = offsets[words[i] + 1]
-                while p < end and np.int64(ids[p]) < top:
-                    d = np.int64(ids[p]) - base
-                    if lo <= d < hi:
-                        h = 0
-                        for k in range(n64):
-                            h += np.int64(_popcount(bits[p, k] ^ qbits[i, k]))
-                        out[d] += lut[h]
-                    p += 1
-                cur[i] = p
-
-    @numba.njit(cache=True, nogil=True, parallel=True)
-    def _asmk_nb(offsets, ids, bits, words, qbits, lut, base, out, block, parts):
-        n = out.shape[0]
-        step = -(-n // parts)
-        for c in numba.prange(parts):
-            lo = c * step
-            if lo < n:
-                _asmk_range(offsets, ids, bits, words, qbits, lut, base, out, block, lo,
-                            min(lo + step, n))  # fmt: skip
-        return _outside(offsets, ids, words, base, n)
-
-    @numba.njit(cache=True, nogil=True)
-    def _tree_range(offsets, ids, tf, words, idf, q, inv_norm, base, out, block, lo, hi):
-        nq = words.shape[0]
-        cur = _cursors(offsets, ids, words, base + lo)
-        for blo in range(lo, hi, block):
-            top = base + min(blo + block, hi)
-            for i in range(nq):
-                a = idf[i]
-                b = q[i]
-                p = cur[i]
-                end = offsets[words[i] + 1]
-                while p < end and np.int64(ids[p]) < top:
-                    d = np.int64(ids[p]) - base
-                    if lo <= d < hi:
-                        v = a * np.float64(tf[p]) * inv_norm[d]
-                        out[d] += v if v < b else b
-                    p += 1
-                cur[i] = p
-
-    @numba.njit(cache=True, nogil=True, parallel=True)
-    def _tree_nb(offsets, ids, tf, words, idf, q, inv_norm, base, out, block, parts):
-        n = out.shape[0]
-        step = -(-n // parts)
-        for c in numba.prange(parts):
-            lo = c * step
-            if lo < n:
-                _tree_range(offsets, ids, tf, words, idf, q, inv_norm, base, out, block, lo,
-                            min(lo + step, n))  # fmt: skip
-        return _outside(offsets, ids, words, base, n)
 
 
 def _parts(n: int) -> int:
@@ -282,6 +138,14 @@ def _tree_np(offsets, ids, tf, words, idf, q, inv_norm, base, out) -> int:
 # ---- entry points ---------------------------------------------------------------------------
 
 
+def check_scan(bad: int, n_images: int) -> None:
+    """Raise when a scan met postings of images outside ``0 .. n_images - 1`` (a damaged index)."""
+    if bad:
+        raise InputError(
+            f"index: {bad} postings name images outside 0..{n_images - 1}; the index is damaged"
+        )
+
+
 def _arr(a: np.ndarray, dtype: type) -> np.ndarray:
     """A contiguous base-class view (memory maps included) of ``a`` as ``dtype``."""
     return np.ascontiguousarray(np.asarray(a), dtype=dtype)
@@ -330,7 +194,7 @@ def he_scan(
         _arr(lut, np.float64),
     )
     if backend(use) == "numba":
-        return int(_he_nb(*args, int(max_h), int(base), out, BLOCK, _parts(out.size)))
+        return int(_nb.he_scan(*args, int(max_h), int(base), out, BLOCK, _parts(out.size)))
     return _he_np(*args, int(max_h), int(base), out)
 
 
@@ -372,7 +236,7 @@ def asmk_scan(
         _arr(lut, np.float64),
     )
     if backend(use) == "numba":
-        return int(_asmk_nb(*args, int(base), out, BLOCK, _parts(out.size)))
+        return int(_nb.asmk_scan(*args, int(base), out, BLOCK, _parts(out.size)))
     return _asmk_np(*args, int(base), out)
 
 
@@ -417,7 +281,7 @@ def tree_scan(
         _arr(inv_norm, np.float64),
     )
     if backend(use) == "numba":
-        return int(_tree_nb(*args, int(base), out, BLOCK, _parts(out.size)))
+        return int(_nb.tree_scan(*args, int(base), out, BLOCK, _parts(out.size)))
     return _tree_np(*args, int(base), out)
 
 
@@ -439,42 +303,6 @@ def warm() -> str:
     for tf_type in (np.uint16, np.int32):
         tree_scan(off, one_id, np.ones(1, tf_type), w, np.ones(1), np.ones(1), np.ones(1), out)
     return use
-
-
-# ---- statistics over all postings (adds and compaction recompute them) -----------------------
-
-if numba is not None:
-
-    @numba.njit(cache=True, nogil=True)
-    def _runs_nb(offsets, ids, weight_of_word, df, norm2, pass_no):
-        """Pass 0: ``df[w] += distinct images``; pass 1: ``norm2[d] += weight[w] * count²``.
-
-        Returns -1 when a list is not sorted by image id (the caller falls back to numpy).
-        """
-        for w in range(offsets.shape[0] - 1):
-            a, b = offsets[w], offsets[w + 1]
-            p = a
-            while p < b:
-                d = ids[p]
-                q = p + 1
-                while q < b and ids[q] == d:
-                    q += 1
-                if q < b and ids[q] < d:
-                    return -1
-                if pass_no == 0:
-                    df[w] += 1
-                else:
-                    c = np.float64(q - p)
-                    norm2[d] += weight_of_word[w] * c * c
-                p = q
-        return 0
-
-    @numba.njit(cache=True, nogil=True)
-    def _tree_norms_nb(offsets, ids, tf, idf, norms):
-        for w in range(offsets.shape[0] - 1):
-            f = idf[w]
-            for p in range(offsets[w], offsets[w + 1]):
-                norms[ids[p]] += tf[p] * f
 
 
 def image_word_stats(
@@ -499,7 +327,7 @@ def image_word_stats(
     dummy = np.zeros(1)
     for seg in segments if fast else ():
         off, ids = _arr(seg.offsets, np.int64), _arr(seg.image_ids, np.uint32)
-        if _runs_nb(off, ids, dummy, df, norm2, 0) < 0:
+        if _nb.runs(off, ids, dummy, df, norm2, 0) < 0:
             fast, df[:] = False, 0
             break
     if not fast:
@@ -509,7 +337,7 @@ def image_word_stats(
     for seg in segments:
         if fast:
             off, ids = _arr(seg.offsets, np.int64), _arr(seg.image_ids, np.uint32)
-            _runs_nb(off, ids, _arr(weight, np.float64), df, norm2, 1)
+            _nb.runs(off, ids, _arr(weight, np.float64), df, norm2, 1)
         else:
             words, ids, counts = word_image_runs(seg, n_words)
             w = weight[words] * counts.astype(np.float64) ** 2
@@ -525,7 +353,7 @@ def tree_norms(segments, idf: np.ndarray, n_images: int) -> np.ndarray:
         off, ids = _arr(seg.offsets, np.int64), _arr(seg.image_ids, np.uint32)
         tf = np.asarray(seg.payload["tf"])
         if backend() == "numba":
-            _tree_norms_nb(off, ids, _arr(tf, tf.dtype), idf, norms)
+            _nb.tree_norms(off, ids, _arr(tf, tf.dtype), idf, norms)
             continue
         counts = np.diff(off)
         lo = 0
