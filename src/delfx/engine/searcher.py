@@ -94,6 +94,8 @@ class Searcher:
         self.names = list(names)
         self.features = features
         self.global_matrix = global_matrix
+        self._global: GlobalIndex | None = None  # built on first use (global_index)
+        self._global_lock = threading.Lock()
         self.live = np.ones(len(self.names), dtype=bool)
         self.live[np.asarray(list(removed), dtype=np.int64)] = False
         self._live_ids = mf.live_ids(self.names, removed)
@@ -220,9 +222,6 @@ class Searcher:
         return [self._live_ids[n] for n in names]
 
     # -- ranking ------------------------------------------------------------------------------
-
-    _global: GlobalIndex | None = None
-    _global_lock = threading.Lock()
 
     def global_index(self) -> GlobalIndex:
         """The search structure over :attr:`global_matrix`, built on first use: exact below
