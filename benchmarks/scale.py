@@ -4,7 +4,7 @@ Indexes of ``--images`` images x ``--features`` features are written to disk thr
 index folder (:class:`delfx.index.storage.IndexDir`: segments of 10k images, stored statistics,
 the quantizer saved with the model), reopened memory-mapped the way ``delfx search`` and a
 collection open them, and queried. Postings are generated already encoded, with the statistics
-of real ones (see ``benchmarks/he_asmk_scale.py``, whose generators this reuses):
+of real ones:
 
 * word frequencies Zipf-like, ``p_w ∝ (w + 1)^-s``, with ``s`` chosen so that the imbalance
   factor ``W Σ p_w²`` is ``--imbalance`` (default 1.1: k-means codebooks of 1024 and 4096 words
@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from he_asmk_scale import distinct_rows, flip, image_words, zipf_p  # noqa: E402
 from voctree import sift_like  # noqa: E402
 
 from delfx import build_index  # noqa: E402
@@ -61,6 +60,38 @@ SEG_IMAGES = 10_000
 DIM = 128
 N64 = DIM // 64
 KEEP = 50  # database images kept to make queries from
+
+
+def zipf_p(n_words: int, s: float) -> np.ndarray:
+    """``(W,)`` word frequencies ``p_w ∝ (w + 1)^-s``."""
+    p = (np.arange(n_words) + 1.0) ** -s
+    return p / p.sum()
+
+
+def image_words(rng, n_img: int, n_feat: int, p: np.ndarray, burst: float) -> np.ndarray:
+    """``(n_img, n_feat)`` int32 words with Zipf frequencies and in-image repeats."""
+    n_fresh = max(1, round(n_feat * (1 - burst)))
+    cdf = np.cumsum(p)
+    fresh = np.searchsorted(cdf, rng.random((n_img, n_fresh)) * cdf[-1]).astype(np.int32)
+    fresh = np.minimum(fresh, p.size - 1)
+    rep = np.take_along_axis(fresh, rng.integers(0, n_fresh, (n_img, n_feat - n_fresh)), axis=1)
+    return np.concatenate([fresh, rep], axis=1)
+
+
+def distinct_rows(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct words per row, flattened (row-major), and their count per row."""
+    s = np.sort(words, axis=1)
+    keep = np.ones_like(s, dtype=bool)
+    keep[:, 1:] = s[:, 1:] != s[:, :-1]
+    return s[keep].astype(np.int64), keep.sum(axis=1)
+
+
+def flip(rng, sig: np.ndarray, n: int) -> np.ndarray:
+    """``sig`` with up to ``n`` random bits flipped in every uint64."""
+    out = sig.copy()
+    for _ in range(n):
+        out ^= np.left_shift(np.uint64(1), rng.integers(0, 64, sig.shape).astype(np.uint64))
+    return out
 
 
 def zipf_for(n_words: int, imbalance: float) -> float:
