@@ -121,3 +121,13 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     conf = synth.SynthConfig(size=320, views=4)
     synth.main(conf, photos, tmp / "root", "tiny", seed=0, distractors_dir=distractors)
     return tmp / "root"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray cluster of 2 CPUs, started once per test session (``delfx[cluster]``)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

@@ -243,6 +243,14 @@ def write_store(
     return out
 
 
+def _planned(out: Path) -> bool:
+    """True when a sharded run writing ``out`` is unfinished (its shard plan is there)."""
+    from delfx.cluster.plan import PLAN
+    from delfx.extract_sharded import shard_folder
+
+    return (shard_folder(out) / PLAN).is_file()
+
+
 def main(
     conf: ExtractConfig,
     out: str | os.PathLike[str],
@@ -253,6 +261,7 @@ def main(
     workers: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    distributor: Any = None,
 ) -> Path:
     """Extract SIFT features of a dataset (or a folder of photos) into ``out``.
 
@@ -265,9 +274,12 @@ def main(
         workers: worker processes (overrides ``conf.workers``; None: ``os.cpu_count()``).
         progress: show a progress bar (on a terminal).
         overwrite: start a new file instead of resuming an existing one.
+        distributor: a :class:`~delfx.cluster.distributor.Distributor` that splits the run in
+            shards (``--shards``, ``--shard I/N``, ``--ray``; see :mod:`delfx.extract_sharded`);
+            None: one file, written by this process.
 
     Returns:
-        ``out`` as a Path.
+        ``out`` as a Path (the shard folder for a ``--shard I/N`` slice).
 
     With ``workers > 1`` the workers are started with "spawn": a script that calls this must
     guard its entry point with ``if __name__ == "__main__":``.
@@ -279,6 +291,20 @@ def main(
     jobs, source = source_jobs(root, dataset, images_dir)
     n_workers = workers if workers is not None else conf.workers
     n_workers = max(1, int(n_workers if n_workers is not None else os.cpu_count() or 1))
+    if (distributor is not None and distributor.sharded) or _planned(Path(out)):
+        from delfx import extract_sharded
+        from delfx.cluster.distributor import SEQUENTIAL
+        from delfx.cluster.work import SiftWork
+
+        distributor = distributor or SEQUENTIAL
+
+        # a Ray worker is one process on one core; a sequential run keeps its process pool
+        procs = n_workers if distributor.kind == "sequential" else 1
+        work = SiftWork(conf.sift, conf.store_config(), conf.half, procs)
+        return extract_sharded.main(
+            work, out, jobs, distributor, label="extract sift", half=conf.half,
+            progress=progress, overwrite=overwrite,
+        )  # fmt: skip
     return write_store(
         Path(out),
         conf.store_config(),

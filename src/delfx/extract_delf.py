@@ -280,6 +280,7 @@ def main(
     progress: bool = True,
     overwrite: bool = False,
     pca_training_set: bool = False,
+    distributor: Any = None,
 ) -> Path:
     """Extract DELF features of a dataset (or a folder of photos) into ``out``.
 
@@ -302,6 +303,8 @@ def main(
         overwrite: start a new file (and relearn the PCA) instead of resuming.
         pca_training_set: the images are the ``pca`` file's own training images (e.g. to train
             a codebook on the same independent set), so they may overlap them.
+        distributor: extract in shards, here, as a ``--shard I/N`` slice or on Ray
+            (:mod:`delfx.extract_sharded`); the PCA is resolved here first.
 
     Returns:
         ``out`` as a Path.
@@ -341,6 +344,18 @@ def main(
             "digest": learned.digest,
         }
     config = {"extractor": "delf", "delf": asdict(conf), "model": model_config, "pca": pca_config}
+    from delfx.extract import _planned
+
+    if (distributor is not None and distributor.sharded) or _planned(out):
+        from delfx import extract_sharded
+        from delfx.cluster.distributor import SEQUENTIAL
+        from delfx.cluster.work import DelfWork
+
+        work = DelfWork(conf, config, model, pretrained, attention, block, learned)
+        return extract_sharded.main(
+            work, out, jobs, distributor or SEQUENTIAL, label="extract delf", device=device,
+            progress=progress, overwrite=overwrite,
+        )  # fmt: skip
     return write_store(
         out,
         config,

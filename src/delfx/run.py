@@ -64,6 +64,7 @@ class _Run:
     delf: run_delf.DelfOptions = field(default_factory=run_delf.DelfOptions)
     pca_from: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    distributor: Any = None
 
     def timed(self, key: str, t0: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
@@ -72,6 +73,8 @@ class _Run:
         root, name = root or self.root, name or self.dataset.name
         t0 = time.perf_counter()
         if preset.startswith("delf:"):
+            if self.distributor is not None and self.distributor.sharded:
+                logger.info("DELF features are extracted in this process (not sharded)")
             out = run_delf.delf_features(
                 self.delf, preset[5:], root, name, self.work,
                 pca_from=self.pca_from if self.delf.pca_dim else None, progress=self.progress,
@@ -79,7 +82,10 @@ class _Run:
         else:
             conf = extract.ExtractConfig(sift=SIFT_PRESETS[preset], workers=self.workers)
             out = self.work / f"features-sift-{preset}-{name}.h5"
-            extract.main(conf, out, root=root, dataset=name, progress=self.progress)  # resumes
+            extract.main(
+                conf, out, root=root, dataset=name, progress=self.progress,
+                distributor=self.distributor,
+            )  # resumes  # fmt: skip
         self.timed("extract", t0)
         return out
 
@@ -146,6 +152,7 @@ def main(
     whiten_pairs: str | None = None,
     fusion_weight: float | None = None,
     progress: bool = True,
+    distributor: Any = None,
 ) -> Path:
     """Run a named pipeline and write the results JSON.
 
@@ -170,6 +177,8 @@ def main(
         fusion_weight: weight of the global similarity in fused pipelines (None: the
             pipeline's default).
         progress: progress bars.
+        distributor: extract SIFT features in shards, here or on Ray
+            (:class:`~delfx.cluster.distributor.Distributor`; the feature file is the same).
 
     Returns:
         The results JSON path.
@@ -192,7 +201,7 @@ def main(
     if pipe.pca_dim is not None and delf.pca_dim is None:
         delf = replace(delf, pca_dim=pipe.pca_dim)
     pca_from = _independent(Path(root), ds.name, codebook_from)
-    run = _Run(Path(root), ds, work, workers, progress, delf, pca_from)
+    run = _Run(Path(root), ds, work, workers, progress, delf, pca_from, distributor=distributor)
     feats = run.features(pipe.features)
     db_names = [f"db/{n}" for n in run.dataset.images]
     q_names = [f"query/{n}" for n in run.dataset.queries]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from delfx.cli import add_subcommand
+from delfx.cli import add_subcommand, distribute
 from delfx.cli.types import float_list, positive_int
+
+_FINISH = "when every shard is done, run the same command without --shard to write --out"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +52,7 @@ def _register_sift(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="start a new file instead of resuming --out"
     )
+    distribute.add_flags(parser)
     parser.set_defaults(func=_run_sift, _parser=parser)
 
 
@@ -59,6 +62,7 @@ def _run_sift(args: argparse.Namespace) -> int:
 
     _check_source(args)
     conf = extract.ExtractConfig(sift=PRESETS[args.preset], half=args.half)
+    dist = distribute.from_args(args)
     out = extract.main(
         conf,
         args.out,
@@ -68,7 +72,11 @@ def _run_sift(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        distributor=dist,
     )
+    if dist.only is not None:
+        print(f"shard {dist.only} of {dist.shards} done in {out}; {_FINISH}")
+        return 0
     print(f"wrote {out}")
     return 0
 
@@ -119,6 +127,7 @@ def _register_delf(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="start a new file instead of resuming --out"
     )
+    distribute.add_flags(parser)
     parser.set_defaults(func=_run_delf, _parser=parser)
 
 
@@ -140,6 +149,7 @@ def _run_delf(args: argparse.Namespace) -> int:
     )
     from delfx import extract_delf
 
+    dist = distribute.from_args(args)
     out = extract_delf.main(
         conf,
         args.out,
@@ -156,7 +166,11 @@ def _run_delf(args: argparse.Namespace) -> int:
         pca_from=args.pca_from,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        distributor=dist,
     )
+    if dist.only is not None:
+        print(f"shard {dist.only} of {dist.shards} done in {out}; {_FINISH}")
+        return 0
     print(f"wrote {out}")
     return 0
 

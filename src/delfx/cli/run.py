@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from delfx import run
-from delfx.cli import add_subcommand
+from delfx.cli import add_subcommand, distribute
 from delfx.cli.types import float_list, nonnegative_float, positive_int
 from delfx.errors import InputError
 from delfx.evaluation.report import format_lines
@@ -108,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "added to the ASMK* score (default: the pipeline's)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    distribute.add_flags(parser, slices=False)
     parser.set_defaults(func=_run)
 
 
@@ -160,6 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         index_overrides=overrides or None,
         workers=args.workers,
         progress=not args.no_progress,
+        distributor=distribute.from_args(args),
     )
     return _report(out)
 
