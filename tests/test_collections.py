@@ -285,10 +285,10 @@ def test_query_box_and_bytes(tmp_path):
 def test_killed_create_resumes(tmp_path, monkeypatch):
     """A create that dies during extraction leaves no collection; the next create extracts only
     the photos still missing and gives the same collection as an uninterrupted one."""
-    from delfx.engine import build
+    from delfx.engine import sharded
 
     photos = _photos(tmp_path / "photos", _groups()[:4], skip_first=False)
-    real = build._results
+    real = sharded._results
     asked = []
 
     def dies(todo, conf, workers):
@@ -298,7 +298,7 @@ def test_killed_create_resumes(tmp_path, monkeypatch):
                 raise KeyboardInterrupt  # as a Ctrl-C
             yield item
 
-    monkeypatch.setattr(build, "_results", dies)
+    monkeypatch.setattr(sharded, "_results", dies)
     spec = engine.named("sift-asmk", index=SMALL)
     with pytest.raises(KeyboardInterrupt):
         engine.create(spec, tmp_path / "c", photos, workers=1, progress=False)
@@ -309,7 +309,7 @@ def test_killed_create_resumes(tmp_path, monkeypatch):
         asked.append(len(todo))
         yield from real(todo, conf, workers)
 
-    monkeypatch.setattr(build, "_results", counts)
+    monkeypatch.setattr(sharded, "_results", counts)
     engine.create(spec, tmp_path / "c", photos, workers=1, progress=False)
     assert asked[1] == total - 5  # the 5 stored photos were not extracted again
     engine.create(spec, tmp_path / "ref", photos, workers=1, progress=False)

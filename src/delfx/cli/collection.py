@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from delfx.cli import add_subcommand
+from delfx.cli import add_subcommand, distribute
 from delfx.cli.types import nonnegative_int, positive_int
 from delfx.errors import InputError
 from delfx.run_presets import PIPELINES
@@ -68,9 +68,14 @@ def register_index(sub: argparse._SubParsersAction) -> None:
 
 
 def _writer_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=positive_int, help="extraction processes (default: cores)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        help="extraction processes (default: cores); with --ray, Ray workers",
+    )
     p.add_argument("--device", default="cpu", help="torch device of the global network")
     p.add_argument("--no-progress", action="store_true")
+    distribute.add_flags(p)
 
 
 def add_collection_flags(p: argparse.ArgumentParser) -> None:
@@ -87,6 +92,7 @@ def add_to_collection(args: argparse.Namespace) -> int:
 
     if not args.images:
         raise InputError(f"{args.dir}: give the photos to add with --images PATH [PATH ...]")
+    dist = distribute.from_args(args)
     added = engine.add(
         args.dir,
         args.images,
@@ -94,7 +100,11 @@ def add_to_collection(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
+        distributor=dist,
     )
+    if dist.only is not None:
+        print(f"shard {dist.only} of {dist.shards} extracted in {args.dir}; {_finish}")
+        return 0
     print(f"added {len(added)} photo(s) to {args.dir}")
     return 0
 
@@ -133,6 +143,7 @@ def _create(args: argparse.Namespace) -> int:
     spec = engine.named(
         args.pipeline, index=None if args.codebook_size is None else {"n_words": args.codebook_size}
     )
+    dist = distribute.from_args(args)
     out = engine.create(
         spec,
         args.dir,
@@ -143,9 +154,16 @@ def _create(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
+        distributor=dist,
     )
+    if dist.only is not None:
+        print(f"shard {dist.only} of {dist.shards} extracted in {out}; {_finish}")
+        return 0
     print(f"created {out}: {_summary(out)}")
     return 0
+
+
+_finish = "when every shard is done, run the same command without --shard to index them"
 
 
 def _summary(folder: str | Path) -> str:

@@ -8,23 +8,22 @@ resumes its extraction on the next create.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from delfx.cluster.distributor import Distributor
 from delfx.engine import manifest as mf
-from delfx.engine.extractor import Extractor
+from delfx.engine import sharded
+from delfx.engine.folder import check_new, locked
 from delfx.engine.photos import photo_jobs
 from delfx.engine.spec import EngineSpec
-from delfx.engine.vectors import describe_jobs, write_vectors
+from delfx.engine.vectors import write_vectors
 from delfx.errors import InputError
-from delfx.extract import Job, _results, write_store
 from delfx.index import local
 from delfx.index.storage import IndexDir
 from delfx.io.cache_key import model_id
@@ -40,38 +39,6 @@ POINTS_PER_WORD = 64
 MIN_WORDS = 256
 
 
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Hold the collection's writer lock; a second writer fails at once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / mf.LOCK, "a+") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"{folder}: another process is writing this collection") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _check_folder(folder: Path, overwrite: bool) -> None:
-    """A create may write here: new, empty, only its own (unfinished) files, or ``overwrite``."""
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
-    if mf.is_collection(folder) and not overwrite:
-        raise InputError(f"{folder}: a collection exists (pass --overwrite to rebuild it)")
-    for p in sorted(folder.iterdir()):
-        if p.name in (mf.MANIFEST, mf.INDEX) or mf.own_top_file(p.name):
-            continue
-        raise InputError(
-            f"{folder}: not empty and not a delfx collection (it holds '{p.name}'); "
-            "choose an empty or new folder"
-        )
-
-
 def codebook_words(conf: local.IndexConfig, n_train: int, given: bool) -> local.IndexConfig:
     """Size a flat codebook for a collection: at most the preset's words, at least
     :data:`POINTS_PER_WORD` training descriptors per word (a power of two >= :data:`MIN_WORDS`),
@@ -84,28 +51,6 @@ def codebook_words(conf: local.IndexConfig, n_train: int, given: bool) -> local.
     # faiss asks for at least 39 points per centroid
     return replace(
         conf, n_words=min(words, conf.n_words), points_per_word=max(40, conf.points_per_word)
-    )
-
-
-def _extract(
-    extractor: Extractor,
-    jobs: Sequence[Job],
-    out: Path,
-    *,
-    resume: bool,
-    workers: int,
-    progress: bool,
-) -> None:
-    n = max(1, min(workers, len(jobs) // 4 or 1))  # a pool pays off only for several photos
-    write_store(
-        out,
-        extractor.store_config,
-        jobs,
-        lambda todo: _results(todo, extractor.sift, n),
-        label="extract sift",
-        source=f"{len(jobs)} photos",
-        progress=progress,
-        overwrite=not resume,
     )
 
 
@@ -139,6 +84,7 @@ def create(
     workers: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    distributor: Distributor | None = None,
 ) -> Path:
     """Extract, train the codebook and index every photo under ``photos``.
 
@@ -153,36 +99,35 @@ def create(
         workers: extraction processes (default: every core).
         device: torch device of the global network.
         progress: progress bars.
+        distributor: split the photos in shards, run here, as one ``--shard I/N`` slice (which
+            extracts its shard and returns) or on Ray (:mod:`delfx.engine.sharded`); the
+            collection equals the one a single process builds.
 
     Returns:
         The collection folder.
     """
     folder, photos = Path(folder), Path(photos)
-    _check_folder(folder, overwrite)
+    check_new(folder, overwrite)
     jobs = photo_jobs([photos], root=photos)
-    extractor = Extractor(spec, device)
+    dist = sharded.distributor_for(distributor, folder)
     timings: dict[str, float] = {}
-    with locked(folder):
-        _check_folder(folder, overwrite)
+    with locked(folder, shared=dist.only is not None):
+        check_new(folder, overwrite)
         previous = mf.read(folder) if mf.is_collection(folder) else None
-        feat_name, glob_name = mf.shard_names(0 if previous is None else previous["next_shard"])
+        number = 0 if previous is None else previous["next_shard"]
         t = time.perf_counter()
-        # resumes the shard of a killed create (same name, same config); an overwrite starts anew
-        _extract(
-            extractor, jobs, folder / feat_name, resume=previous is None,
-            workers=workers or os.cpu_count() or 1, progress=progress,
+        # resumes the shards of a killed create (same names, same config); an overwrite starts anew
+        shards, entries = sharded.extract_new(
+            folder, spec, jobs, dist, number=number, first_id=0, resume=previous is None,
+            workers=workers, device=device, progress=progress, overwrite=overwrite,
         )  # fmt: skip
+        if dist.only is not None:
+            return folder  # a --shard I/N slice: its shard is done
         timings["extract"] = time.perf_counter() - t
         names = [j.name for j in jobs]
-        shard: dict[str, Any] = {"features": feat_name, "global": None, "n": len(names), "first": 0}
-        if spec.uses_global:
-            t = time.perf_counter()
-            write_vectors(folder / glob_name, names, describe_jobs(extractor, jobs, progress))
-            shard["global"] = glob_name
-            timings["global"] = time.perf_counter() - t
         t = time.perf_counter()
         conf = spec.pipeline.index
-        with FeatureSet([folder / feat_name]) as feats:
+        with FeatureSet([folder / e["features"] for e in entries]) as feats:
             if codebook_from is None:
                 source, train_names, reader = "the collection's photos", names, feats
                 train, _ = load_descriptors(reader, train_names, conf.train_per_image, conf.seed)
@@ -202,7 +147,13 @@ def create(
             store.path.mkdir(parents=True, exist_ok=True)
             model = store.write_model(arrays)
             t = time.perf_counter()
-            index, segments = _add_images(index, folder, feats, names, progress)
+            if shards is None:
+                index, segments = _add_images(index, folder, feats, names, progress)
+            else:
+                index, segments = sharded.index(
+                    store, index, model, shards.shards, dist, batch_images=BATCH_IMAGES,
+                    device=device, progress=progress,
+                )  # fmt: skip
             timings["index"] = time.perf_counter() - t
         meta, _ = local.state_of(index)
         manifest = {
@@ -210,8 +161,8 @@ def create(
             "global_model": None if spec.global_opts is None else model_id(spec.global_opts.model),
             "photos": str(photos.resolve()),
             "created": mf.now(),
-            "shards": [shard],
-            "next_shard": (0 if previous is None else previous["next_shard"]) + 1,
+            "shards": entries,
+            "next_shard": number + len(entries),
             "index": {
                 "kind": conf.kind,
                 "config": asdict(conf),
@@ -270,11 +221,13 @@ def add(
     workers: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    distributor: Distributor | None = None,
 ) -> list[str]:
     """Add photos (files or folders) to a collection; returns the names added.
 
     A photo under the folder the collection was created from is named relative to it, a photo
     in a given folder relative to that folder, a file given alone by its file name.
+    ``distributor`` spreads the new photos in shards as :func:`create` does.
 
     Raises:
         InputError: a name that is already in the collection (unless ``replace_existing``, which
@@ -283,7 +236,8 @@ def add(
     from delfx.engine.spec import from_dict
 
     folder = Path(folder)
-    with locked(folder):
+    dist = sharded.distributor_for(distributor, folder)
+    with locked(folder, shared=dist.only is not None):
         manifest = mf.read(folder)
         spec = from_dict(manifest["spec"], str(folder / mf.MANIFEST))
         jobs = photo_jobs([Path(p) for p in paths], root=Path(manifest["photos"]))
@@ -298,27 +252,27 @@ def add(
                         "(pass --replace to replace it)"
                     )
                 removed.append(live[job.name])
-        extractor = Extractor(spec, device)
-        feat_name, glob_name = mf.shard_names(manifest["next_shard"])
-        _extract(
-            extractor, jobs, folder / feat_name, resume=False,
-            workers=workers or os.cpu_count() or 1, progress=progress,
-        )  # fmt: skip
         new = [j.name for j in jobs]
-        shard: dict[str, Any] = {
-            "features": feat_name, "global": None, "n": len(new), "first": len(names),
-        }  # fmt: skip
-        if spec.uses_global:
-            write_vectors(folder / glob_name, new, describe_jobs(extractor, jobs, progress))
-            shard["global"] = glob_name
-        shard_paths = [folder / s["features"] for s in manifest["shards"]] + [folder / feat_name]
-        with FeatureSet(shard_paths) as feats:
-            index, segments = _add_images(index, folder, feats, new, progress)
+        shards, entries = sharded.extract_new(
+            folder, spec, jobs, dist, number=manifest["next_shard"], first_id=len(names),
+            resume=False, workers=workers, device=device, progress=progress,
+        )  # fmt: skip
+        if dist.only is not None:
+            return new  # a --shard I/N slice: its shard is done
+        shard_paths = [folder / s["features"] for s in [*manifest["shards"], *entries]]
+        if shards is None:
+            with FeatureSet(shard_paths) as feats:
+                index, segments = _add_images(index, folder, feats, new, progress)
+        else:
+            index, segments = sharded.index(
+                IndexDir(folder / mf.INDEX), index, manifest["index"]["model"], shards.shards,
+                dist, batch_images=BATCH_IMAGES, device=device, progress=progress,
+            )  # fmt: skip
         meta, _ = local.state_of(index)
         updated = {
             **manifest,
-            "shards": [*manifest["shards"], shard],
-            "next_shard": manifest["next_shard"] + 1,
+            "shards": [*manifest["shards"], *entries],
+            "next_shard": manifest["next_shard"] + len(entries),
             "index": {
                 **manifest["index"],
                 "meta": meta,

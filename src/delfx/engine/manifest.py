@@ -41,6 +41,8 @@ LOCK = ".lock"
 INDEX = "index"
 _SHARD = re.compile(r"(?:features-\d{6}\.h5|global-\d{6}\.npz)")
 _SHARD_TMP = re.compile(r"\.(?:features-\d{6}\.h5|global-\d{6}\.npz|collection\.json)\..+\.tmp")
+#: The plan and done markers of a sharded create or add (delfx.cluster.plan), gone after commit.
+_WORK = re.compile(r"\.?(?:shards\.json|features-\d{6}\.done)(?:\..+\.tmp)?")
 
 
 def now() -> str:
@@ -148,7 +150,7 @@ def referenced(manifest: dict[str, Any]) -> tuple[set[str], set[str]]:
 
 def own_top_file(name: str) -> bool:
     """True for a file name a collection writes at its top level (other than the manifest)."""
-    return name == LOCK or bool(_SHARD.fullmatch(name) or _SHARD_TMP.fullmatch(name))
+    return name == LOCK or any(p.fullmatch(name) for p in (_SHARD, _SHARD_TMP, _WORK))
 
 
 def unused_files(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> list[Path]:
