@@ -98,9 +98,10 @@ def build(
     features: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    train_descriptors: np.ndarray,
-    train_source: str,
+    train_descriptors: np.ndarray | None = None,
+    train_source: str = "",
     centroids: np.ndarray | None = None,
+    model_from: str | os.PathLike[str] | None = None,
     names: Sequence[str] | None = None,
     batch_images: int = 2000,
     allow_empty: bool = False,
@@ -116,6 +117,8 @@ def build(
         train_descriptors: ``N x D`` float32 descriptors to train the codebook on.
         train_source: where they come from (recorded in the manifest).
         centroids: a flat codebook trained on them already (HE, ASMK*), reused.
+        model_from: an index folder whose trained model is reused instead of training (a shard
+            of a run that :func:`delfx.merge_index.merge` joins); its kind must be ``conf``'s.
         names: store names to index, in id order (default: every ``db/`` entry).
         batch_images: images per segment.
         allow_empty: index images without features (they never match) instead of failing.
@@ -137,7 +140,13 @@ def build(
         if not names:
             raise InputError(f"{reader.path}: no images to index")
         t = time.perf_counter()
-        index = local.train(conf, train_descriptors, centroids)
+        if model_from is not None:
+            index, conf, train_source, n_train = _reused_model(model_from, conf)
+        elif train_descriptors is None:
+            raise InputError(f"{store.path}: give training descriptors or a model to reuse")
+        else:
+            index = local.train(conf, train_descriptors, centroids)
+            n_train = int(train_descriptors.shape[0])
         timings["train"] = time.perf_counter() - t
         meta, arrays = local.state_of(index)
         model = store.write_model(arrays)
@@ -161,7 +170,7 @@ def build(
             "n_images": index.n_images,
             "stats": save_stats(store, index, files),
             "train_source": train_source,
-            "n_train_descriptors": int(train_descriptors.shape[0]),
+            "n_train_descriptors": n_train,
             "features": str(features),
             "timings": timings,
         }
@@ -170,6 +179,23 @@ def build(
         store.remove_unused(previous)
     logger.info("index %s: %d images, trained on %s", store.path, index.n_images, train_source)
     return store.path
+
+
+def _reused_model(
+    index_dir: str | os.PathLike[str], conf: IndexConfig
+) -> tuple[LocalIndex, IndexConfig, str, int]:
+    """The empty index of another index's model: ``(index, its config, source, n_train)``."""
+    from delfx.merge_index import shared_model
+
+    other = IndexDir(index_dir).manifest()
+    if other.get("kind") != conf.kind:
+        raise InputError(
+            f"{Path(index_dir) / 'index.json'}: a {other.get('kind')} index; --kind is {conf.kind}"
+        )
+    meta, arrays = shared_model(index_dir)
+    config = IndexConfig(**other["config"]) if isinstance(other.get("config"), dict) else conf
+    source = f"model of {index_dir} ({other.get('train_source', '?')})"
+    return local.restore(meta, arrays, [], 0), config, source, int(other["n_train_descriptors"])
 
 
 def append(

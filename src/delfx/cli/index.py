@@ -22,9 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--features", required=True, metavar="F.h5", help="features to index")
     b.add_argument(
         "--codebook-from",
-        required=True,
         metavar="F.h5",
         help="features of independent images to train on (may be --features itself)",
+    )
+    b.add_argument(
+        "--model-from",
+        metavar="DIR",
+        help="reuse the trained model of this index instead of training (one shard of many; "
+        "merge the shards with 'delfx index merge')",
     )
     b.add_argument("--out", required=True, metavar="DIR", help="index folder")
     b.add_argument("--kind", choices=KINDS, default="asmk")
@@ -34,7 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--multiple-assignment", type=int, default=None, help="query-side words")
     b.add_argument("--allow-empty", action="store_true", help="index images without features")
     b.add_argument("--overwrite", action="store_true")
-    b.set_defaults(func=_build)
+    b.set_defaults(func=_build, _parser=b)
+    m = add_subcommand(
+        sub, "merge", "merge index folders of consecutive shards, built with one model, into one"
+    )
+    m.add_argument("out", metavar="OUT", help="the index folder to write")
+    m.add_argument("shards", nargs="+", metavar="SHARD", help="shard index folders, in order")
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=_merge)
     a = add_subcommand(
         sub, "add", "add photos to a collection (DIR --images), or a feature store to an index"
     )
@@ -73,7 +85,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_rerank)
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from delfx import merge_index
+
+    out = merge_index.merge(args.out, args.shards, overwrite=args.overwrite)
+    print(f"wrote {out}: {len(args.shards)} shards merged")
+    return 0
+
+
 def _build(args: argparse.Namespace) -> int:
+    if (args.codebook_from is None) == (args.model_from is None):
+        args._parser.error("give one of --codebook-from (train) or --model-from (reuse a model)")
     base = PRESETS[args.kind]
     # the config checks --tree-branch, --tree-height, --codebook-size and
     # --multiple-assignment before any file is opened
@@ -84,6 +106,13 @@ def _build(args: argparse.Namespace) -> int:
         n_words=args.codebook_size,
         ma=base.ma if args.multiple_assignment is None else args.multiple_assignment,
     )
+    if args.model_from is not None:
+        out = build_index.build(
+            conf, args.features, args.out, model_from=args.model_from,
+            allow_empty=args.allow_empty, overwrite=args.overwrite,
+        )  # fmt: skip
+        print(f"wrote {out}")
+        return 0
     with FeatureReader(args.codebook_from) as reader:
         train, _ = load_descriptors(reader, reader.names("db/"), conf.train_per_image, conf.seed)
     out = build_index.build(

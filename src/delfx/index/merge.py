@@ -51,14 +51,16 @@ def _word_ranges(offsets: Sequence[np.ndarray], n_words: int, chunk: int) -> lis
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _blocks(segments: Sequence[Segment], field: str | None, ranges):
-    """The merged array ``field`` (None: image ids) range by range, lists in segment order."""
+def _blocks(segments: Sequence[Segment], field: str | None, ranges, shifts: Sequence[int]):
+    """The merged array ``field`` (None: image ids, each segment's shifted by its entry of
+    ``shifts``) range by range, lists in segment order."""
     for a, b in ranges:
         parts, words = [], []
-        for seg in segments:
+        for seg, shift in zip(segments, shifts, strict=True):
             off = np.asarray(seg.offsets)
             arr = seg.image_ids if field is None else seg.payload[field]
-            parts.append(np.asarray(arr[off[a] : off[b]]))
+            part = np.asarray(arr[off[a] : off[b]])
+            parts.append(part + np.uint32(shift) if field is None and shift else part)
             words.append(np.repeat(np.arange(a, b), np.diff(off[a : b + 1])))
         order = np.argsort(np.concatenate(words), kind="stable")  # by word, segments in order
         yield np.concatenate(parts)[order]
@@ -79,13 +81,26 @@ def merge_files(
         The old files are left for the caller to drop from the manifest and delete.
     """
     read = [store.read_segment(f) for f in files]
-    segments = [r[0] for r in read]
     first = read[0][2]
     expect = first
     for fname, (_, names, start) in zip(files, read, strict=True):
         if start != expect:
             raise InputError(f"{store.path / fname}: segments to merge must hold consecutive ids")
         expect = start + len(names)
+    return write_merged(store, read, [0] * len(read), chunk=chunk)
+
+
+def write_merged(
+    store: IndexDir,
+    read: Sequence[tuple[Segment, list[str], int]],
+    shifts: Sequence[int],
+    *,
+    chunk: int = 1 << 24,
+) -> tuple[str, Segment, list[str], int]:
+    """Write segments (``(segment, names, first id)`` as read, ids consecutive once shifted by
+    ``shifts``) as one new segment file of ``store``; returns as :func:`merge_files`."""
+    segments = [r[0] for r in read]
+    first = read[0][2] + shifts[0]
     n_words = segments[0].offsets.size - 1
     fields = sorted(segments[0].payload)
     if any(seg.offsets.size != n_words + 1 or sorted(seg.payload) != fields for seg in segments):
@@ -97,17 +112,18 @@ def merge_files(
     path = store.path / fname
     tmp = store.path / f".{fname}.merge_{uuid.uuid4().hex[:6]}.tmp"
     names = [n for _, seg_names, _ in read for n in seg_names]
+    ids_logged = f"{len(read)} segments"
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             merged_offsets = np.sum(offsets, axis=0)
             _write_member(zf, "offsets", np.dtype(np.int64), merged_offsets.shape,
                           [merged_offsets])  # fmt: skip
             _write_member(zf, "image_ids", np.dtype(np.uint32), (n_post,),
-                          _blocks(segments, None, ranges))  # fmt: skip
+                          _blocks(segments, None, ranges, shifts))  # fmt: skip
             for field in fields:
                 arr = segments[0].payload[field]
                 _write_member(zf, _PAYLOAD + field, arr.dtype, (n_post, *arr.shape[1:]),
-                              _blocks(segments, field, ranges))  # fmt: skip
+                              _blocks(segments, field, ranges, shifts))  # fmt: skip
             _write_member(zf, "names", np.asarray(names, dtype=np.str_).dtype, (len(names),),
                           [np.asarray(names, dtype=np.str_)])  # fmt: skip
             _write_member(zf, "first_id", np.dtype(np.int64), (), [np.asarray(first)])
@@ -117,5 +133,5 @@ def merge_files(
     finally:
         Path(tmp).unlink(missing_ok=True)
     seg, seg_names, seg_first = store.read_segment(fname)
-    logger.info("merged %d segments (%d postings) into %s", len(files), n_post, fname)
+    logger.info("merged %s (%d postings) into %s", ids_logged, n_post, fname)
     return fname, seg, seg_names, seg_first
