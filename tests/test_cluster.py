@@ -222,3 +222,19 @@ def test_ray_missing_is_one_line(monkeypatch, tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "delfx[cluster]" in err[0], err
     assert not out.exists()
+
+
+def test_a_ray_address_nobody_answers_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nothing behind it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "f.h5"
+    cmd = [sys.executable, "-m", "delfx", "-q", "extract", "sift", "--images", str(SAMPLES),
+           "--out", str(out), "--ray", f"127.0.0.1:{port}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert f"127.0.0.1:{port}: no Ray head answers there" in err[0]
+    assert not out.exists() and not shard_folder(out).exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -49,6 +50,22 @@ def _is_gpu(device: str) -> bool:
     return device.startswith("cuda")
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) that no server answers at once, where
+    ``ray.init`` would wait for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DelfxError(
+            f"--ray {address}: no Ray head answers there ({reason}); start one with "
+            "'ray start --head' or check the address"
+        ) from None
+
+
 def connect(dist: Distributor) -> Any:
     """Start or join the cluster once per process (it stays up until the process exits); the
     ``ray`` module.
@@ -65,6 +82,8 @@ def connect(dist: Distributor) -> Any:
         if dist.address is None:
             ray.init(num_cpus=dist.local_cpus or os.cpu_count() or 1, **kwargs)
         else:
+            if dist.address != "auto":
+                _check_reachable(dist.address)
             ray.init(address=dist.address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = dist.address or "a local cluster"
