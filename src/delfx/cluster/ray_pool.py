@@ -9,8 +9,8 @@ Ray queue to the driver's progress bar.
 
 A worker process that dies (killed, out of memory, its node lost) is restarted by Ray and its
 shard retried; the retry resumes the shard's feature file, so the images stored before the
-death are not extracted again. When the retries are spent, the run stops with one line naming
-the shard; rerunning the command resumes it.
+death are not extracted again. When a worker cannot be restarted (after :data:`RESTARTS`), the
+run stops with one line naming the shard; rerunning the command resumes it.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def run_on_ray(
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     raise DelfxError(
                         f"shard {shards[i].index} ({shards[i].features.name}): its worker died "
-                        f"{RESTARTS + 1} times ({first}); rerun the command to resume"
+                        f"and was not restarted ({first}); rerun the command to resume"
                     ) from None
                 free.append(actor)
         drain()
