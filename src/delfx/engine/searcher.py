@@ -11,6 +11,7 @@ already extracted. Both return a :class:`QueryResult` of names, scores and inlie
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,20 @@ from delfx.rerank import RerankConfig, rerank_all, rerank_one, scores_of
 #: Images the global ranking of a query holds at least where the collection is searched
 #: approximately (from ``GlobalIndexConfig.exact_below`` images on).
 GLOBAL_SHORTLIST = 1000
+
+logger = logging.getLogger(__name__)
+
+#: Times :meth:`Searcher.open` tries when writers keep committing while it reads.
+OPEN_ATTEMPTS = 5
+
+
+def _manifest_stamp(folder: Path) -> tuple[int, int] | None:
+    """``(mtime, inode)`` of the manifest (every commit replaces it), or None if absent."""
+    try:
+        st = (folder / mf.MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino
 
 
 @dataclass(frozen=True)
@@ -106,12 +121,28 @@ class Searcher:
     def open(cls, folder: str | os.PathLike[str], *, device: str = "cpu") -> Searcher:
         """Open a collection folder (``delfx index create``).
 
+        A writer may commit while this reads: files of the manifest read first can be deleted
+        before they are opened. Then the new commit is opened instead (up to
+        :data:`OPEN_ATTEMPTS` times); a reader never mixes two commits.
+
         Raises:
             InputError: no collection there, or a damaged manifest or file (named).
         """
+        folder = Path(folder)
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            stamp = _manifest_stamp(folder)
+            try:
+                return cls._open_once(folder, device)
+            except (InputError, OSError) as exc:
+                if attempt == OPEN_ATTEMPTS or stamp is None or _manifest_stamp(folder) == stamp:
+                    raise
+                logger.info("%s: a writer committed while opening (%s); reopening", folder, exc)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_once(cls, folder: Path, device: str) -> Searcher:
         from delfx.engine.vectors import read_matrix
 
-        folder = Path(folder)
         t0 = time.perf_counter()
         manifest = mf.read(folder)
         spec = from_dict(manifest["spec"], str(folder / mf.MANIFEST))
