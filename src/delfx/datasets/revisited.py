@@ -108,6 +108,10 @@ def parse_gnd(raw: Any, source: str) -> tuple[list[str], list[str], list[QueryTr
     for key in ("imlist", "qimlist", "gnd"):
         if key not in raw:
             raise InputError(f"{source}: missing key '{key}'")
+        if isinstance(raw[key], (str, bytes, dict)) or not hasattr(raw[key], "__len__"):
+            raise InputError(
+                f"{source}: field '{key}' must be a list, got {type(raw[key]).__name__}"
+            )
     imlist = [str(x) for x in raw["imlist"]]
     qimlist = [str(x) for x in raw["qimlist"]]
     _check_names(imlist, "imlist", source)

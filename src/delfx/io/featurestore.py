@@ -414,6 +414,7 @@ class FeatureReader:
         g = self._group(name)
         arrays = {f: self._array(g, name, f)[()] for f in _ARRAYS}
         size = arrays.pop("image_size")
+        self._check_finite(name, arrays["descriptors"])
         return LocalFeatures(
             **{f: a.astype(np.float32, copy=False) for f, a in arrays.items()},
             image_size=(int(size[0]), int(size[1])),
@@ -422,7 +423,15 @@ class FeatureReader:
     def descriptors(self, name: str) -> np.ndarray:
         """Only the ``N x D`` float32 descriptors of one image."""
         ds = self._array(self._group(name), name, "descriptors")
-        return ds[()].astype(np.float32, copy=False)
+        return self._check_finite(name, ds[()].astype(np.float32, copy=False))
+
+    def _check_finite(self, name: str, desc: np.ndarray) -> np.ndarray:
+        """Refuse descriptors holding NaN or infinity (a damaged file; faiss would crash)."""
+        if desc.size and not np.isfinite(desc).all():
+            raise InputError(
+                f"{self.path}: image '{name}': descriptors hold NaN or infinite values"
+            )
+        return desc
 
     def num_features(self, name: str) -> int:
         """The number of features of one image, without reading them."""

@@ -29,7 +29,7 @@ from delfx.errors import InputError
 log = logging.getLogger(__name__)
 
 #: File name suffixes taken for photos (case-insensitive).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 #: Default cap on the pixels decoded per image (40 megapixels: about 120 MB as RGB ``uint8``).
 MAX_PIXELS = 40_000_000
