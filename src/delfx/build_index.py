@@ -185,14 +185,13 @@ def _reused_model(
     index_dir: str | os.PathLike[str], conf: IndexConfig
 ) -> tuple[LocalIndex, IndexConfig, str, int]:
     """The empty index of another index's model: ``(index, its config, source, n_train)``."""
-    from delfx.merge_index import shared_model
-
-    other = IndexDir(index_dir).manifest()
+    store = IndexDir(index_dir)
+    other = store.manifest()
     if other.get("kind") != conf.kind:
         raise InputError(
             f"{Path(index_dir) / 'index.json'}: a {other.get('kind')} index; --kind is {conf.kind}"
         )
-    meta, arrays = shared_model(index_dir)
+    meta, arrays = {**other["meta"], "n_images": 0}, store.read_model(other["model"])
     config = IndexConfig(**other["config"]) if isinstance(other.get("config"), dict) else conf
     source = f"model of {index_dir} ({other.get('train_source', '?')})"
     return local.restore(meta, arrays, [], 0), config, source, int(other["n_train_descriptors"])

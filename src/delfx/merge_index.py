@@ -38,13 +38,6 @@ def model_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def shared_model(index_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(empty index meta, model arrays)`` of a built index, for another shard to reuse."""
-    store = IndexDir(index_dir)
-    manifest = store.manifest()
-    return {**manifest["meta"], "n_images": 0}, store.read_model(manifest["model"])
-
-
 def merge(
     out_dir: str | os.PathLike[str],
     shard_dirs: Sequence[str | os.PathLike[str]],

@@ -55,6 +55,15 @@ def shard_names(number: int) -> tuple[str, str]:
     return f"features-{number:06d}.h5", f"global-{number:06d}.npz"
 
 
+def stamp(folder: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(mtime, inode)`` of the manifest, which every commit replaces; None when absent."""
+    try:
+        st = (Path(folder) / MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino
+
+
 def is_collection(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` holds a committed collection manifest."""
     return (Path(path) / MANIFEST).is_file()

@@ -44,15 +44,6 @@ logger = logging.getLogger(__name__)
 OPEN_ATTEMPTS = 5
 
 
-def _manifest_stamp(folder: Path) -> tuple[int, int] | None:
-    """``(mtime, inode)`` of the manifest (every commit replaces it), or None if absent."""
-    try:
-        st = (folder / mf.MANIFEST).stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_ino
-
-
 @dataclass(frozen=True)
 class Hit:
     """One result.
@@ -130,11 +121,11 @@ class Searcher:
         """
         folder = Path(folder)
         for attempt in range(1, OPEN_ATTEMPTS + 1):
-            stamp = _manifest_stamp(folder)
+            stamp = mf.stamp(folder)
             try:
                 return cls._open_once(folder, device)
             except (InputError, OSError) as exc:
-                if attempt == OPEN_ATTEMPTS or stamp is None or _manifest_stamp(folder) == stamp:
+                if attempt == OPEN_ATTEMPTS or stamp is None or mf.stamp(folder) == stamp:
                     raise
                 logger.info("%s: a writer committed while opening (%s); reopening", folder, exc)
         raise AssertionError("unreachable")

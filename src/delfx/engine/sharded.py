@@ -37,13 +37,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Extracted:
-    """The shards of a run once extracted: their manifest entries and plan shards; ``complete``
-    when every shard is done (a ``--shard I/N`` slice stops after its own, without indexing:
-    the run without ``--shard`` indexes)."""
+    """The shards of a run once extracted: their manifest entries and plan shards (after a
+    ``--shard I/N`` slice the others may not be done: the run without ``--shard`` indexes)."""
 
     entries: list[dict[str, Any]]
     shards: list[shard_plan.Shard]
-    complete: bool
 
 
 def extract(
@@ -74,7 +72,7 @@ def extract(
         overwrite: replace an unfinished plan of other photos or settings.
 
     Returns:
-        The shards; ``complete`` is False for a ``--shard I/N`` slice while others are not done.
+        The shards.
 
     Raises:
         InputError: a shard not done after a run that is not a slice.
@@ -99,8 +97,7 @@ def extract(
             shard_plan.clear(s)
     work = EngineWork(spec.to_dict(), processes=workers if dist.kind == "sequential" else 1)
     dist_mod.run(dist, work, shards, plan, device=device, label="extract", progress=progress)
-    complete = all(shard_plan.is_done(s, plan) for s in shards)
-    if not complete and dist.only is None:
+    if dist.only is None and not all(shard_plan.is_done(s, plan) for s in shards):
         raise InputError(f"{folder}: a shard is not done; rerun the command to resume")
     entries = [
         {
@@ -111,7 +108,7 @@ def extract(
         }
         for s in shards
     ]
-    return Extracted(entries, shards, complete)
+    return Extracted(entries, shards)
 
 
 def distributor_for(dist: Distributor | None, folder: Path) -> Distributor:
@@ -202,7 +199,7 @@ def index(
         base: the index so far (empty after training, or the collection's before an add).
         model: the model file's name in ``store``.
         shards: the extracted shards, ids following ``base.n_images``.
-        dist: where the shards run (a ``--shard`` slice indexes every shard here).
+        dist: where the shards run.
         batch_images: images per segment.
         device: unused by indexing; passed to the workers.
         progress: progress bar.
@@ -212,8 +209,6 @@ def index(
     """
     meta, arrays = local.state_of(base)
     work = IndexWork(store.path, model, meta, batch_images=batch_images)
-    if dist.only is not None:
-        dist = Distributor(shards=dist.shards)
     results = dist_mod.run(dist, work, shards, {}, device=device, label="index", progress=progress)
     segments = [name for r in results if r is not None for name in r["segments"]]
     added = [store.read_segment(name)[0] for name in segments]

@@ -112,7 +112,6 @@ def write_merged(
     path = store.path / fname
     tmp = store.path / f".{fname}.merge_{uuid.uuid4().hex[:6]}.tmp"
     names = [n for _, seg_names, _ in read for n in seg_names]
-    ids_logged = f"{len(read)} segments"
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             merged_offsets = np.sum(offsets, axis=0)
@@ -133,5 +132,5 @@ def write_merged(
     finally:
         Path(tmp).unlink(missing_ok=True)
     seg, seg_names, seg_first = store.read_segment(fname)
-    logger.info("merged %s (%d postings) into %s", ids_logged, n_post, fname)
+    logger.info("merged %d segments (%d postings) into %s", len(read), n_post, fname)
     return fname, seg, seg_names, seg_first

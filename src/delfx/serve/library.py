@@ -58,7 +58,7 @@ class Library:
         self.folder = Path(folder)
         self.device = device
         self._lock = threading.Lock()  # one writer per process; the flock guards processes
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int] | None = None  # the manifest's when last opened
         self._clean_staging()
         t = time.perf_counter()
         self._searcher = self._open()
@@ -72,12 +72,8 @@ class Library:
             if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > older_s:
                 shutil.rmtree(p, ignore_errors=True)
 
-    def _manifest_stamp(self) -> tuple[int, int]:
-        st = (self.folder / mf.MANIFEST).stat()
-        return st.st_mtime_ns, st.st_ino
-
     def _open(self) -> engine.Searcher:
-        stamp = self._manifest_stamp()
+        stamp = mf.stamp(self.folder)
         searcher = engine.Searcher.open(self.folder, device=self.device)
         if self._stamp is not None and getattr(self, "_searcher", None) is not None:
             searcher.extractor = self._searcher.extractor  # keep the loaded network
@@ -86,9 +82,9 @@ class Library:
 
     def searcher(self) -> engine.Searcher:
         """The current searcher (reopened when the manifest changed)."""
-        if self._manifest_stamp() != self._stamp:
+        if mf.stamp(self.folder) != self._stamp:
             with self._lock:
-                if self._manifest_stamp() != self._stamp:
+                if mf.stamp(self.folder) != self._stamp:
                     self._searcher = self._open()
         return self._searcher
 
