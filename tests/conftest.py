@@ -5,7 +5,9 @@ a clone alone runs every test."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,39 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A mount point whose tmpfs is sized by the test (``mount(size_bytes)``); unmounted after.
+    Skipped unless the tests run as root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip() or proc.returncode}")
+        mounted.append(point)
+        return point
+
+    try:
+        yield mount
+    finally:
+        for point in mounted:
+            if subprocess.run(["umount", str(point)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def kill_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The inputs of ``tests/kill_scenarios.py``, built once per session; returns their base."""
+    from tests.kill_scenarios import build_inputs
+
+    base = tmp_path_factory.mktemp("kills")
+    build_inputs(base)
+    return base

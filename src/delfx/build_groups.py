@@ -132,11 +132,13 @@ def main(
     distractors_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     export_pkl: bool = False,
+    recorded_dirs: tuple[str, str | None] | None = None,
 ) -> Path:
     """Build the benchmark ``out_root/name`` from groups of views.
 
     ``export_pkl`` also writes ``gnd_<name>.pkl`` for the field's own scripts (delfx reads the
-    JSON ground truth).
+    JSON ground truth). ``recorded_dirs`` is what ``info.json`` names as the groups and
+    distractors folders (default: the folders given), for a caller that reads from a copy.
 
     Returns:
         The dataset folder.
@@ -174,6 +176,10 @@ def main(
         dup = next(n for n in names if names.count(n) > 1)
         raise InputError(f"{groups_dir}: two photos map to the same image name '{dup}'")
 
+    recorded = recorded_dirs or (
+        str(groups_dir),
+        None if distractors_dir is None else str(distractors_dir),
+    )
     with atomic.staging_dir(out_root / name, overwrite=overwrite) as tmp:
         sizes: dict[str, tuple[int, int]] = {}
         for image_name, src in tqdm(
@@ -205,8 +211,8 @@ def main(
             {
                 "kind": "groups",
                 "config": asdict(conf),
-                "groups_dir": str(groups_dir),
-                "distractors_dir": None if distractors_dir is None else str(distractors_dir),
+                "groups_dir": recorded[0],
+                "distractors_dir": recorded[1],
                 "groups": {r["group"]: r["query"] for r in records},
                 "homographies": [
                     {

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from delfx.datasets.revisited import RetrievalDataset
 from delfx.errors import InputError
+from delfx.io.crashpoints import before_commit
 from delfx.models.describe import describe_images
 from delfx.models.global_net import ARCHS, GlobalNet, create, load_checkpoint
 
@@ -203,6 +204,7 @@ def write_global(
         mask = os.umask(0o022)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes owner-only files
+        before_commit(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

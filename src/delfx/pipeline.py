@@ -114,7 +114,9 @@ def build_data(exp: Experiment, progress: bool = True) -> list[str]:
                         _copy_photo(photo, dis / photo.name, step.size)
             if step.kind == "groups":
                 conf = build_groups.GroupsConfig(progress=progress)
-                build_groups.main(conf, chosen, exp.root, step.name, distractors_dir=dis)
+                recorded = (str(groups), None if distractors is None else str(distractors))
+                build_groups.main(conf, chosen, exp.root, step.name, distractors_dir=dis,
+                                  recorded_dirs=recorded)  # fmt: skip
             elif step.kind == "training":
                 build_training.main(chosen, exp.root, step.name, val_fraction=0, seed=step.seed)
             else:

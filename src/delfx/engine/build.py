@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -222,12 +222,15 @@ def add(
     device: str = "cpu",
     progress: bool = True,
     distributor: Distributor | None = None,
+    on_commit: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[str]:
     """Add photos (files or folders) to a collection; returns the names added.
 
     A photo under the folder the collection was created from is named relative to it, a photo
     in a given folder relative to that folder, a file given alone by its file name.
-    ``distributor`` spreads the new photos in shards as :func:`create` does.
+    ``distributor`` spreads the new photos in shards as :func:`create` does. ``on_commit`` is
+    called with the new manifest just before it is written, inside the writer lock (the service
+    records there which commit carries its uploads).
 
     Raises:
         InputError: a name that is already in the collection (unless ``replace_existing``, which
@@ -286,6 +289,8 @@ def add(
             },
             "removed": sorted(removed),
         }
+        if on_commit is not None:
+            on_commit(updated)
         mf.write(folder, updated)
         _clean(folder, updated)
     return new

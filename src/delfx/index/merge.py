@@ -25,6 +25,7 @@ import numpy as np
 from delfx.errors import InputError
 from delfx.index.invfile import Segment
 from delfx.index.storage import _PAYLOAD, IndexDir
+from delfx.io.crashpoints import before_commit
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def write_merged(
             _write_member(zf, "first_id", np.dtype(np.int64), (), [np.asarray(first)])
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        before_commit(path)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

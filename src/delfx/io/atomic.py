@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from delfx.errors import DelfxError
+from delfx.io.crashpoints import before_commit
 
 
 def _umask() -> int:
@@ -55,6 +56,7 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        before_commit(path)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -101,6 +103,7 @@ def staging_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> It
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    before_commit(final)
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -24,15 +24,18 @@ from pathlib import Path
 import h5py
 
 from delfx.errors import InputError
+from delfx.io.crashpoints import before_commit
 
 #: Bytes kept free beyond an image's arrays (room for HDF5's metadata) by :func:`check_space`.
 SPACE_MARGIN = 64 * 1024
 
 
-def errno_of(exc: OSError) -> int | None:
-    """The operating-system error behind an h5py error (h5py may keep it only in its message)."""
-    if exc.errno in errno.errorcode:
-        return exc.errno
+def errno_of(exc: Exception) -> int | None:
+    """The operating-system error behind an h5py error (h5py may keep it only in its message;
+    a failed flush is a ``RuntimeError``)."""
+    code = getattr(exc, "errno", None)
+    if code in errno.errorcode:
+        return code
     msg = str(exc)
     found = re.search(r"errno = (\d+)", msg)
     if found and int(found.group(1)) in errno.errorcode:
@@ -45,7 +48,7 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
-def write_error(exc: OSError, path: Path) -> Exception:
+def write_error(exc: Exception, path: Path) -> Exception:
     """A failed write as one clean error naming ``path``: an :class:`OSError` with the reason
     (``path: No space left on device``), or an :class:`InputError` when HDF5 gives no OS cause."""
     code = errno_of(exc)
@@ -170,6 +173,7 @@ def move_into_place(tmp: Path, path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        before_commit(path)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):

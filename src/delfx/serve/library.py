@@ -8,6 +8,8 @@ is picked up at the next request.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
@@ -20,10 +22,13 @@ from pathlib import Path
 from delfx import engine
 from delfx.engine import manifest as mf
 from delfx.errors import InputError
+from delfx.io import atomic
+from delfx.io.crashpoints import before_commit
 
 logger = logging.getLogger(__name__)
 
 UPLOADS = "uploads"
+_JOURNAL = ".commit.json"  # in an upload folder: the commit that carries it
 _BAD_PART = re.compile(r"^\.+$")
 
 
@@ -59,18 +64,60 @@ class Library:
         self.device = device
         self._lock = threading.Lock()  # one writer per process; the flock guards processes
         self._stamp: tuple[int, int] | None = None  # the manifest's when last opened
-        self._clean_staging()
         t = time.perf_counter()
         self._searcher = self._open()
         self.startup_s = time.perf_counter() - t
+        self._clean_staging()
         logger.info("opened %s in %.2f s (%d images)", folder, self.startup_s, len(self._searcher))
 
     def _clean_staging(self, older_s: float = 3600.0) -> None:
-        """Remove upload folders left by a killed server (older than ``older_s`` seconds)."""
+        """Finish or drop the upload folders a killed server left.
+
+        An upload folder whose journal names a commit that the manifest holds was killed after
+        that commit: its photos are moved into ``uploads/`` (roll forward). Any other one is
+        removed once older than ``older_s`` seconds (a younger one may be another worker's
+        add in progress).
+        """
         now = time.time()
-        for p in self.folder.glob(".upload-*"):
-            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > older_s:
+        for p in sorted(self.folder.glob(".upload-*")):
+            if not p.is_dir() or p.is_symlink():
+                continue
+            if self._committed(p):
+                self._move_uploads(p, self._journal(p)["names"])
                 shutil.rmtree(p, ignore_errors=True)
+            elif now - p.stat().st_mtime > older_s:
+                shutil.rmtree(p, ignore_errors=True)
+
+    @staticmethod
+    def _journal(staging: Path) -> dict:
+        try:
+            return json.loads((staging / _JOURNAL).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _committed(self, staging: Path) -> bool:
+        """Whether the commit that an upload folder's journal names is in the manifest: the
+        manifest has reached its shard number and every uploaded name is live."""
+        journal = self._journal(staging)
+        if not journal:
+            return False
+        s = self._searcher
+        live = {n for n, ok in zip(s.names, s.live, strict=True) if ok}
+        try:
+            shard, names = int(journal["next_shard"]), set(journal["names"])
+        except (KeyError, TypeError, ValueError):
+            return False  # not a journal this writes: left to the age rule
+        return int(s.info.get("next_shard", -1)) >= shard and names <= live
+
+    def _move_uploads(self, staging: Path, names: list[str]) -> None:
+        for name in names:
+            if not (staging / name).is_file():
+                continue  # moved before the kill
+            dst = self.folder / UPLOADS / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            before_commit(dst)
+            with contextlib.suppress(FileNotFoundError):  # another worker moved it meanwhile
+                os.replace(staging / name, dst)
 
     def _open(self) -> engine.Searcher:
         stamp = mf.stamp(self.folder)
@@ -118,14 +165,16 @@ class Library:
                 for name, data in files:
                     (staging / name).parent.mkdir(parents=True, exist_ok=True)
                     (staging / name).write_bytes(data)
+
+                def journal(manifest: dict) -> None:  # which commit carries these uploads
+                    record = {"next_shard": manifest["next_shard"], "names": names}
+                    atomic.write_json(staging / _JOURNAL, record)
+
                 added = engine.add(
                     self.folder, [staging], replace_existing=replace, device=self.device,
-                    workers=1, progress=False,
+                    workers=1, progress=False, on_commit=journal,
                 )  # fmt: skip
-                for name in added:
-                    dst = self.folder / UPLOADS / name
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(staging / name, dst)
+                self._move_uploads(staging, added)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             self._searcher = self._open()

@@ -201,16 +201,19 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": state.rng_state(self.rng, self.device),
             "config": asdict(self.conf),
+            "log": [dict(r) for r in self.rows],  # log.csv as of this epoch, for resume
         }
         if self.rank != 0:
             return improved
         data = state.checkpoint_bytes(self.net, extra)
         self.export_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(self.export_dir / f"model_epoch{self.epoch}.pth", data)
-        atomic.write_bytes(self.export_dir / "model_last.pth", data)
+        # model_last.pth last: a run killed before it resumes from the epoch before and
+        # writes this epoch's files again (model_best.pth included, if this one is the best)
         if improved:
             atomic.write_bytes(self.export_dir / "model_best.pth", data)
+        atomic.write_bytes(self.export_dir / f"model_epoch{self.epoch}.pth", data)
         state.write_log(self.export_dir / "log.csv", self.fields, self.rows)
+        atomic.write_bytes(self.export_dir / "model_last.pth", data)
         return improved
 
     def log_initial(self, results: dict[str, Any]) -> None:
@@ -244,10 +247,15 @@ class Trainer:
         state.set_rng_state(extra["rng"], self.rng, self.device)
         self.epoch = int(extra["epoch"])
         self.best = None if extra.get("best") is None else float(extra["best"])
-        old = state.read_log(self.export_dir / "log.csv")
+        # the log rows the checkpoint carries (log.csv may have been killed before its
+        # last row); older checkpoints have none, then log.csv's rows up to this epoch
+        old = extra.get("log") or state.read_log(self.export_dir / "log.csv")
         self.rows = [
-            r for r in old if r.get("epoch", "").isdigit() and int(r["epoch"]) <= self.epoch
+            dict(r) for r in old if r.get("epoch", "").isdigit() and int(r["epoch"]) <= self.epoch
         ]
+        if self.rank == 0:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+            state.write_log(self.export_dir / "log.csv", self.fields, self.rows)
         logger.info("%s: resumed after epoch %d", path, self.epoch)
         return self.epoch
 
