@@ -159,15 +159,17 @@ def test_an_index_without_overwrite_is_refused(feats, index, capsys):
     assert _snapshot(index) == before
 
 
-def test_leftovers_of_a_killed_build_are_replaced_with_overwrite(tmp_path, feats, capsys):
+def test_leftovers_of_a_killed_build_are_removed_by_the_rerun(tmp_path, feats):
+    """Nothing names the files of a killed build: the same command builds and removes them."""
     folder = tmp_path / "killed"
     folder.mkdir()
     (folder / ".lock").touch()
     (folder / "model-aaaaaaaaaaaa.npz").write_bytes(b"half")
     (folder / ".seg-bbbbbbbbbbbb.npz.abc_1234.tmp").write_bytes(b"half")
-    assert cli_main(_build_argv(feats, folder)) == 2
-    _one_error_line(capsys, str(folder), "--overwrite")
-    assert cli_main(_build_argv(feats, folder, "--overwrite")) == 0
+    (folder / "notes.txt").write_text("x")
+    assert cli_main(_build_argv(feats, folder)) == 2  # a file of another name: refused
+    (folder / "notes.txt").unlink()
+    assert cli_main(_build_argv(feats, folder)) == 0
     meta = _manifest(folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [".lock", "index.json", meta["model"], *meta["segments"], meta["stats"]]

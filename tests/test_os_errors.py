@@ -4,9 +4,7 @@ rerank refuses ids outside the index; dataset image names stay inside the datase
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -153,31 +151,6 @@ def test_overwrite_keeps_the_old_file_on_failure(
 
 
 # -- a full disk -------------------------------------------------------------------------------
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A mount point whose tmpfs is sized by the test (``mount(size_bytes)``); unmounted after."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted: list[Path] = []
-
-    def mount(size: int) -> Path:
-        point = tmp_path / f"disk{len(mounted)}"
-        point.mkdir()
-        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip() or proc.returncode}")
-        mounted.append(point)
-        return point
-
-    try:
-        yield mount
-    finally:
-        for point in mounted:
-            if subprocess.run(["umount", str(point)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
 def _photos(tmp_path: Path) -> tuple[Path, Path]:
     one, many = tmp_path / "one", tmp_path / "many"
     one.mkdir()

@@ -173,7 +173,11 @@ class IndexDir:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[IndexDir]:
-        """Hold the writer lock; a second writer fails at once with a clear error."""
+        """Hold the writer lock; a second writer fails at once with a clear error.
+
+        A writer that fails (a full disk, a bad input) removes the files it wrote before the
+        lock is released: what no committed manifest names (see :meth:`uncommitted`).
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / LOCK, "a+") as lock:
             try:
@@ -182,6 +186,11 @@ class IndexDir:
                 raise InputError(f"{self.path}: another process is writing this index") from None
             try:
                 yield self
+            except BaseException:
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    for path in self.uncommitted():
+                        path.unlink(missing_ok=True)
+                raise
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -326,9 +335,10 @@ class IndexDir:
     def check_new(self, overwrite: bool) -> list[str]:
         """Check that a new index may be committed here; has no side effects.
 
-        A missing or empty folder is fine. An existing index needs ``overwrite``. A folder that
-        is not an index is refused, even with ``overwrite``, unless it holds only files an index
-        writes (the leftovers of a killed build), which then need ``overwrite``.
+        A missing or empty folder is fine, and so is one that holds only files an index writes
+        (the leftovers of a killed build, removed once the new manifest is committed). An
+        existing index needs ``overwrite``. Any other folder is refused, even with
+        ``overwrite``.
 
         Returns:
             The files the previous index owns (its manifest's model and segments), to delete once
@@ -352,11 +362,7 @@ class IndexDir:
                 f"{self.path}: not empty and not a delfx index (it holds '{strangers[0].name}'); "
                 "choose an empty or new folder"
             )
-        if not overwrite and any(p.name != LOCK for p in entries):
-            raise InputError(
-                f"{self.path}: holds the files of an unfinished index build "
-                "(pass --overwrite to replace them)"
-            )
+        # only the files of a killed build: nothing names them, and the commit removes them
         return []
 
     def _previous_files(self) -> list[str]:
@@ -374,6 +380,20 @@ class IndexDir:
             logger.warning("%s; rebuilding, keeping the files it names", exc)
             return []
         return [meta["model"], *meta["segments"], *([meta["stats"]] if meta.get("stats") else [])]
+
+    def uncommitted(self) -> list[Path]:
+        """Files of the index's own naming pattern that no committed manifest names: all of
+        them where nothing is committed yet. What a failed or killed writer left."""
+        if self.exists():
+            return self.garbage()
+        if not self.path.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.path.iterdir()
+            if own_name(p.name) and p.name not in (LOCK, MANIFEST) and p.is_file()
+            and not p.is_symlink()
+        )  # fmt: skip
 
     def remove_unused(self, previous: Iterable[str] = ()) -> list[Path]:
         """After a commit, delete ``previous`` index files and :meth:`garbage` the manifest skips.

@@ -46,6 +46,7 @@ import numpy as np
 
 from delfx.errors import InputError
 from delfx.features.types import LocalFeatures
+from delfx.io.crashpoints import before_commit
 from delfx.io.h5files import (
     check_array,
     check_space,
@@ -185,9 +186,10 @@ class FeatureWriter:
                 self._file.create_group(_STAGING)
                 self._file.flush()
             except BaseException:
-                self._file.close()
+                with contextlib.suppress(Exception):  # closing flushes, and may fail too
+                    self._file.close()
                 raise
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # h5py's failed flush is a RuntimeError
             self._discard()
             raise write_error(exc, self.path) from exc
         except BaseException:
@@ -243,7 +245,7 @@ class FeatureWriter:
             try:
                 self._file.flush()
                 self._file.close()
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:
                 with contextlib.suppress(Exception):
                     self._file.close()
                 if not failed:
@@ -316,8 +318,9 @@ class FeatureWriter:
             group.attrs["complete"] = True
             if key in self._features:
                 del self._features[key]
+            before_commit(f"{self.path}:{key}")
             self._file.move(f"{_STAGING}/{key}", f"{_FEATURES}/{key}")
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             with contextlib.suppress(Exception):  # drop the half-written group
                 if key in self._staging:
                     del self._staging[key]
@@ -332,7 +335,7 @@ class FeatureWriter:
         """Write everything so far to disk."""
         try:
             self._file.flush()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise write_error(exc, self.path) from exc
         self._pending = 0
         self._last_flush = time.monotonic()
