@@ -7,7 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,28 +85,32 @@ def tiny_dataset(tmp_path: Path) -> tuple[Path, str]:
     return root, name
 
 
-def _copy_small(names: tuple[str, ...], dst: Path) -> Path:
-    """Copy groups' photos shrunk to a longer side of 96 px."""
+def copy_small(names: tuple[str, ...], dst: Path, side: int = 96) -> Path:
+    """Copy groups' photos shrunk to a longer side of ``side`` px."""
     for name in names:
         for src in sorted((SAMPLES / "groups" / name).glob("*.jpg")):
             (dst / name).mkdir(parents=True, exist_ok=True)
             with Image.open(src) as im:
                 im = im.convert("RGB")
-                im.thumbnail((96, 96))
+                im.thumbnail((side, side))
                 im.save(dst / name / src.name, quality=90)
     return dst
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A datasets root with training set ``views`` (6 places) and benchmark ``tinytest`` (4),
-    from the shipped sample photos at 96 px."""
-    base = tmp_path_factory.mktemp("train_data")
+def training_root(base: Path) -> Path:
+    """``base/data``: training set ``views`` (6 places) and benchmark ``tinytest`` (4), from
+    the shipped sample photos at 96 px."""
     root = base / "data"
-    build_training.main(_copy_small(TRAIN_GROUPS, base / "g_train"), root, "views", val_fraction=0)
-    groups = _copy_small(TEST_GROUPS, base / "g_test")
+    build_training.main(copy_small(TRAIN_GROUPS, base / "g_train"), root, "views", val_fraction=0)
+    groups = copy_small(TEST_GROUPS, base / "g_test")
     build_groups.main(build_groups.GroupsConfig(progress=False), groups, root, "tinytest")
     return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A datasets root of :func:`training_root`."""
+    return training_root(tmp_path_factory.mktemp("train_data"))
 
 
 @pytest.fixture(scope="session")
@@ -169,3 +176,29 @@ def kill_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("kills")
     build_inputs(base)
     return base
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(folder: Path, port: int, token: str) -> tuple[subprocess.Popen[bytes], dict]:
+    """Start ``delfx serve folder`` on 127.0.0.1:``port``; returns the process and its first
+    ``/healthz`` answer once it serves (within 120 s)."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "delfx", "serve", str(folder), "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--token", token], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            return proc, httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise AssertionError("the server exited") from None
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not start in 120 s")

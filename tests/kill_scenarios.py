@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import SAMPLES, TEST_GROUPS, TRAIN_GROUPS
+from tests.conftest import SAMPLES, copy_small, free_port, training_root
 from tests.killpoints import Scenario, State, clean_env, delfx_command, run_command
 
 #: The places of the collection (14 photos) and the photos an add brings.
@@ -154,9 +153,7 @@ def build_inputs(base: Path) -> Path:
     if (inputs / "ready").exists():
         return inputs
     shutil.rmtree(inputs, ignore_errors=True)
-    for place in PLACES:
-        for src in sorted((SAMPLES / "groups" / place).glob("*.jpg")):
-            _shrunk(src, inputs / "photos" / place / src.name)
+    copy_small(PLACES, inputs / "photos", side=SIDE)
     for name in ADDED:
         _shrunk(SAMPLES / "distractors" / name, inputs / "more" / name)
     for i, place in enumerate(("admiralty_arch", "lund_street_a", "sagrada_familia")):
@@ -175,22 +172,9 @@ def build_inputs(base: Path) -> Path:
           "--codebook-size", "64", "--workers", "1", "--no-progress")  # fmt: skip
     shutil.copytree(inputs / "collection", inputs / "removed")
     delfx("index", "remove", "removed", *REMOVED)
-    _training_root(inputs / "train")
+    training_root(inputs / "train")
     (inputs / "ready").touch()
     return inputs
-
-
-def _training_root(root: Path) -> None:
-    """Training set ``views`` and benchmark ``tinytest`` from the samples at 96 px."""
-    from delfx import build_groups, build_training
-
-    for names, sub in ((TRAIN_GROUPS, "g_train"), (TEST_GROUPS, "g_test")):
-        for name in names:
-            for src in sorted((SAMPLES / "groups" / name).glob("*.jpg")):
-                _shrunk(src, root.parent / sub / name / src.name, side=96)
-    build_training.main(root.parent / "g_train", root, "views", val_fraction=0)
-    build_groups.main(build_groups.GroupsConfig(progress=False), root.parent / "g_test", root,
-                      "tinytest")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- commands
@@ -203,14 +187,13 @@ def _cli(args: Callable[[Path], list[str]]) -> Callable[[Path, dict[str, str], f
     return run
 
 
-def _copy(src: Path, name: str = "c") -> Callable[[Path], None]:
-    return lambda work: shutil.copytree(src, work / name) and None
+def _copy(src: Path) -> Callable[[Path], None]:
+    """Prepare a work folder with a copy of the collection ``src`` as ``c``."""
 
+    def prepare(work: Path) -> None:
+        shutil.copytree(src, work / "c")
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return prepare
 
 
 def _request_when_up(
@@ -234,7 +217,7 @@ def _serve(request: Callable[[str], int]) -> Callable[[Path, dict[str, str], flo
     server's status (-9 when a kill stopped it) or 1 for a failed request."""
 
     def run(work: Path, env: dict[str, str], kill_after: float | None) -> int:
-        port = _free_port()
+        port = free_port()
         cmd = delfx_command("serve", "c", "--port", str(port), "--token", TOKEN)
         with _logged(work).open("ab") as out:
             proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=out)
@@ -284,7 +267,7 @@ def _delete(url: str) -> int:
 
 def _train_args(inputs: Path) -> Callable[[Path], list[str]]:
     def args(work: Path) -> list[str]:
-        flags = ["train", "global", "m", "--root", str(inputs / "train"),
+        flags = ["train", "global", "m", "--root", str(inputs / "train" / "data"),
                  "--training-dataset", "views", "--test-datasets", "tinytest",
                  "--arch", "resnet18", "--pool", "gem", "--neg-num", "2", "--query-size", "8",
                  "--pool-size", "12", "--batch-size", "2", "--image-size", "64",

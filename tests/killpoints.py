@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 State = Mapping[str, str]
 
 
@@ -43,7 +42,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without kill settings, plus ``extra``; one torch thread
     (results must not depend on the thread count between runs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DELFX_KILL_")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
     return env
 
 
@@ -72,7 +71,6 @@ class Scenario:
             time; returns its exit status.
         state: the committed state of the work folder (``{}`` where nothing is committed).
         partial: whether a killed run may leave a part of the final state.
-        rerun: runs the command again after a kill (default: ``run`` without a kill).
         time_fractions: fractions of the uninterrupted wall time to kill at.
         collapse: kill only at the first and last of consecutive steps inside one staging
             folder or feature file (for a long command whose steps repeat).
@@ -83,7 +81,6 @@ class Scenario:
     run: Callable[[Path, dict[str, str], float | None], int]
     state: Callable[[Path], State]
     partial: bool = False
-    rerun: Callable[[Path], int] | None = None
     time_fractions: tuple[float, ...] = (0.5, 0.7, 0.85, 0.95)
     collapse: bool = False
 
@@ -180,8 +177,7 @@ def kill_once(
         problems.append(f"left {left}")
     rerun_equal = None
     if left != "final":
-        rerun = scenario.rerun or (lambda w: scenario.run(w, clean_env(), None))
-        rc = rerun(work)
+        rc = scenario.run(work, clean_env(), None)
         try:
             after = dict(scenario.state(work))
         except Exception as exc:  # noqa: BLE001

@@ -17,6 +17,7 @@ fastapi = pytest.importorskip("fastapi")  # the serve extra; part of the dev ext
 from fastapi.testclient import TestClient  # noqa: E402
 
 from delfx.serve.app import create_app  # noqa: E402
+from tests.conftest import free_port, start_server  # noqa: E402
 
 SAMPLES = Path(delfx.__file__).resolve().parent / "samples"
 TOKEN = "s3cret"
@@ -190,35 +191,6 @@ def test_add_search_remove(client):
     assert client.get("/api/search", params={"name": "new/sc.jpg"}).status_code == 404
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(folder: Path, port: int):
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    cmd = [sys.executable, "-m", "delfx", "serve", str(folder), "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--token", TOKEN], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            return proc, httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
-        except httpx.HTTPError:
-            if proc.poll() is not None:
-                raise AssertionError("the server exited") from None
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the server did not start in 60 s")
-
-
 def test_sigkill_during_add_loses_nothing(client, tmp_path):
     """The real server on 127.0.0.1, killed with SIGKILL while an add of several photos is
     being written; restarted, it serves the collection as it was, and adds again."""
@@ -230,8 +202,8 @@ def test_sigkill_during_add_loses_nothing(client, tmp_path):
 
     folder = tmp_path / "c"
     shutil.copytree(client.folder, folder)  # type: ignore[attr-defined]
-    port = _free_port()
-    proc, health = _start(folder, port)
+    port = free_port()
+    proc, health = start_server(folder, port, TOKEN)
     try:
         before = (folder / "collection.json").read_bytes()
         photos = [p for g in ("sagrada_familia", "st_pauls_cathedral") for p in _group(g)]
@@ -258,7 +230,7 @@ def test_sigkill_during_add_loses_nothing(client, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    proc, again = _start(folder, port)
+    proc, again = start_server(folder, port, TOKEN)
     try:
         assert again == health
         r = httpx.post(url, files=files[:1], headers=AUTH, timeout=60)

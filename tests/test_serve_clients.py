@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port, start_server
 
 httpx = pytest.importorskip("httpx")
 
@@ -18,30 +18,13 @@ TOKEN = "slow-client-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(kill_inputs: Path, tmp_path: Path):
     folder = tmp_path / "c"
     shutil.copytree(kill_inputs / "inputs" / "collection", folder)
-    port = _free_port()
-    cmd = [sys.executable, "-m", "delfx", "-q", "serve", str(folder), "--port", str(port),
-           "--token", TOKEN]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            health = httpx.get(f"{url}/healthz", timeout=2).json()
-            break
-        except httpx.HTTPError:
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
-    yield url, port, folder, health
+    port = free_port()
+    proc, health = start_server(folder, port, TOKEN)
+    yield f"http://127.0.0.1:{port}", port, folder, health
     proc.kill()
     proc.wait(30)
 

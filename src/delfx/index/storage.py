@@ -325,7 +325,9 @@ class IndexDir:
         if not self.exists():
             return []
         meta = self.manifest()
-        keep = {LOCK, meta["model"], *meta["segments"], meta.get("stats")}
+        return self._own_files_but({LOCK, meta["model"], *meta["segments"], meta.get("stats")})
+
+    def _own_files_but(self, keep: set[str | None]) -> list[Path]:
         return sorted(
             p
             for p in self.path.iterdir()
@@ -386,14 +388,7 @@ class IndexDir:
         them where nothing is committed yet. What a failed or killed writer left."""
         if self.exists():
             return self.garbage()
-        if not self.path.is_dir():
-            return []
-        return sorted(
-            p
-            for p in self.path.iterdir()
-            if own_name(p.name) and p.name not in (LOCK, MANIFEST) and p.is_file()
-            and not p.is_symlink()
-        )  # fmt: skip
+        return self._own_files_but({LOCK}) if self.path.is_dir() else []
 
     def remove_unused(self, previous: Iterable[str] = ()) -> list[Path]:
         """After a commit, delete ``previous`` index files and :meth:`garbage` the manifest skips.
