@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from delfx import engine
-from tests.test_serve import SAMPLES, TOKEN, _free_port, _group, _start
+from tests.conftest import free_port, start_server
+from tests.test_serve import SAMPLES, TOKEN, _group
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT_ENV = "DELFX_SCREENSHOT"  # also save the screenshot there (the README's)
@@ -47,8 +48,8 @@ def test_page_search_matches_add(tmp_path):
     others = {f"berlin_cathedral/{v.name}" for v in _group("berlin_cathedral")[1:]}
     new_photo = _group("sacre_coeur")[0]
 
-    port = _free_port()
-    proc, _ = _start(tmp_path / "c", port)
+    port = free_port()
+    proc, _ = start_server(tmp_path / "c", port, TOKEN)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
